@@ -1,0 +1,15 @@
+"""The model core: one transformer implementation, configured per family, loaded offline."""
+
+from clew.models.config import ModelConfig
+from clew.models.loading import load_model
+from clew.models.transformer import ActivationCache, Frozen, MLPReplacement, RunResult, Transformer
+
+__all__ = [
+    "ActivationCache",
+    "Frozen",
+    "MLPReplacement",
+    "ModelConfig",
+    "RunResult",
+    "Transformer",
+    "load_model",
+]

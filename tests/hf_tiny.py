@@ -1,0 +1,87 @@
+"""Tiny randomly initialised Hugging Face models of every supported family, saved as ordinary folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+FAMILIES = ["llama", "llama3_tied", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2"]
+
+
+def hf_config(family: str):
+    import transformers as tf
+
+    common = dict(vocab_size=211, hidden_size=64, intermediate_size=96, num_hidden_layers=3)
+    if family == "llama":
+        return tf.LlamaConfig(
+            **common, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False
+        )
+    if family == "llama3_tied":
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 50000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8,
+        }
+        return tf.LlamaConfig(
+            **common,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+            rope_parameters=rope,
+        )
+    if family == "qwen2":
+        return tf.Qwen2Config(
+            **common, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False
+        )
+    if family == "qwen3":
+        return tf.Qwen3Config(**common, num_attention_heads=4, num_key_value_heads=2, head_dim=24)
+    if family == "gemma2":
+        return tf.Gemma2Config(
+            **common,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=24,
+            sliding_window=5,
+            attn_logit_softcapping=3.0,
+            final_logit_softcapping=5.0,
+        )
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(
+            **common,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=5,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            },
+        )
+    if family == "gpt2":
+        return tf.GPT2Config(vocab_size=211, n_embd=64, n_layer=3, n_head=4, n_positions=64)
+    raise ValueError(family)
+
+
+def make_hf_model(family: str, seed: int = 0):
+    """A transformers model of the family with every parameter perturbed away from its initial value."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(family), attn_implementation="eager").float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def save_hf_model(family: str, folder: Path, seed: int = 0):
+    model = make_hf_model(family, seed)
+    model.save_pretrained(folder)
+    return model
