@@ -1,0 +1,279 @@
+"""The attribution engine: the local replacement model of one prompt and its exact linear backward pass.
+
+One clean forward pass records what is frozen (attention patterns, normalisation scales) and what the
+nodes are (active features, error vectors, token embeddings). Between nodes the model is then linear,
+so the direct effect of every source on a target is the target's vector carried backwards through the
+frozen residual stream, dotted with the source's vector where the source writes. ``Engine.rows`` does
+that for a batch of targets at once, written out by hand rather than through autograd: no MLP, no
+forward replicated per target, no work above a target's layer or after its position, and at each
+layer's write point one batched matrix product fills whole rows of the adjacency matrix.
+
+Shapes: B targets in a batch, P positions, D d_model, H heads, K key/value heads, E d_head,
+N active features, C columns (sources).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from clew.errors import ClewError
+from clew.models.transformer import ActivationCache, Norm, Transformer
+
+
+@dataclass
+class Targets:
+    """A batch of targets, each a vector at one place in the residual stream."""
+
+    layer: Tensor
+    """(B,) where the vector is read: ``l`` = the residual before layer l's MLP, ``n_layers`` = the final residual."""
+    pos: Tensor
+    """(B,) position."""
+    vectors: Tensor
+    """(B, D) the gradient of the target's value with respect to the residual stream there."""
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+
+@dataclass
+class _WriteSources:
+    """Every source that writes at one layer's MLP write point, padded position by position."""
+
+    vectors: Tensor
+    """(P, S, D) the vector each source writes (activation times decoder row, or the error), zero-padded."""
+    columns: Tensor
+    """(P, S) the source's column in the adjacency rows, or -1 for padding."""
+
+
+class Engine:
+    """The frozen local replacement model of one prompt, with columns laid out as
+    ``[active features (layer, position, index order) | errors (layer-major) | embeddings]``."""
+
+    def __init__(self, model: Transformer, transcoder, tokens: Tensor, dtype: torch.dtype = torch.float32):
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        self.model, self.tc, self.dtype = model, transcoder, dtype
+        cfg = model.cfg
+        self.n_layers, self.n_pos, self.d_model = cfg.n_layers, tokens.shape[1], cfg.d_model
+        tc_cfg = transcoder.cfg
+        missing = [l for l in range(cfg.n_layers) if l not in set(tc_cfg.layers or range(cfg.n_layers))]
+        if missing:
+            raise ClewError(
+                f"the dictionary has no transcoder for layers {missing}: every MLP must be replaced"
+            )
+        if tc_cfg.d_model != cfg.d_model or tc_cfg.n_layers != cfg.n_layers:
+            raise ClewError(
+                f"the dictionary is for d_model={tc_cfg.d_model}, {tc_cfg.n_layers} layers; "
+                f"the model has d_model={cfg.d_model}, {cfg.n_layers} layers"
+            )
+        self.read, self.write, self.cross_layer = tc_cfg.read, tc_cfg.write, tc_cfg.kind == "clt"
+        self.tokens = tokens
+        with torch.no_grad():
+            result = model.run(tokens, record=True)
+        assert result.cache is not None
+        self.cache: ActivationCache = result.cache
+        self.logits: Tensor = result.logits[0]  # (P, V)
+        with torch.no_grad():
+            self._find_nodes()
+            self._build_sources()
+
+    # --- nodes -------------------------------------------------------------------------------------------
+
+    def read_input(self, layer: int) -> Tensor:
+        """(P, D) what layer's transcoder reads in the clean run."""
+        source = self.cache.mlp_in if self.read == "mlp_in" else self.cache.resid_mid
+        return source[layer][0]
+
+    def true_output(self, layer: int) -> Tensor:
+        """(P, D) what the MLP really wrote at the transcoder's write point."""
+        source = self.cache.mlp_out if self.write == "mlp_out" else self.cache.mlp_delta
+        return source[layer][0]
+
+    def _find_nodes(self) -> None:
+        L, P = self.n_layers, self.n_pos
+        self.pre_acts: list[Tensor] = []  # per layer (P, F): feature pre-activations
+        acts: dict[int, Tensor] = {}
+        layers, positions, indices, values = [], [], [], []
+        for layer in range(L):
+            pre = self.tc.pre_activations(layer, self.read_input(layer))
+            act = self.tc.activate(layer, pre)
+            self.pre_acts.append(pre)
+            acts[layer] = act
+            pos, idx = act.nonzero(as_tuple=True)
+            layers.append(torch.full_like(pos, layer))
+            positions.append(pos)
+            indices.append(idx)
+            values.append(act[pos, idx])
+        self.acts = acts
+        self.feat_layer: Tensor = torch.cat(layers)  # (N,)
+        self.feat_pos: Tensor = torch.cat(positions)  # (N,)
+        self.feat_index: Tensor = torch.cat(indices)  # (N,)
+        self.feat_act: Tensor = torch.cat(values)  # (N,)
+        self.n_features = len(self.feat_layer)
+        errors = []
+        for layer in range(L):
+            recon = self.tc.decode(acts, layer)
+            skip = self.tc.skip_term(layer, self.read_input(layer))
+            if skip is not None:
+                recon = recon + skip
+            errors.append(self.true_output(layer) - recon)
+        self.errors: Tensor = torch.stack(errors)  # (L, P, D)
+        self.embeddings: Tensor = self.cache.resid_pre[0][0]  # (P, D): the residual stream entering layer 0
+        self.error_offset = self.n_features
+        self.embed_offset = self.n_features + L * P
+        self.n_columns = self.embed_offset + P
+
+    def error_column(self, layer: int, pos: int) -> int:
+        return self.error_offset + layer * self.n_pos + pos
+
+    def embed_column(self, pos: int) -> int:
+        return self.embed_offset + pos
+
+    def _build_sources(self) -> None:
+        """For each write layer, the padded (P, S, D) block of source vectors written there."""
+        L, P, D = self.n_layers, self.n_pos, self.d_model
+        self.sources: list[_WriteSources] = []
+        feature_columns = torch.arange(self.n_features)
+        for dst in range(L):
+            vecs, cols, pos = (
+                [self.errors[dst]],
+                [self.error_offset + dst * P + torch.arange(P)],
+                [torch.arange(P)],
+            )
+            src_layers = range(dst + 1) if self.cross_layer else [dst]
+            for src in src_layers:
+                sel = self.feat_layer == src
+                if not sel.any():
+                    continue
+                dec = self.tc.decoder_vectors(src, self.feat_index[sel], dst)  # (n, D)
+                vecs.append(dec * self.feat_act[sel, None])
+                cols.append(feature_columns[sel])
+                pos.append(self.feat_pos[sel])
+            v, c, p = torch.cat(vecs), torch.cat(cols), torch.cat(pos)
+            order = torch.argsort(p, stable=True)
+            v, c, p = v[order], c[order], p[order]
+            counts = torch.bincount(p, minlength=P)
+            width = int(counts.max())
+            slot = torch.arange(len(p)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+            padded = torch.zeros(P, width, D, dtype=self.dtype)
+            padded[p, slot] = v.to(self.dtype)
+            columns = torch.full((P, width), -1, dtype=torch.long)
+            columns[p, slot] = c
+            self.sources.append(_WriteSources(padded, columns))
+
+    # --- targets -----------------------------------------------------------------------------------------
+
+    def _norm_transpose(self, norm: Norm, scale: Tensor, g: Tensor) -> Tensor:
+        """The transpose of a frozen norm: (..., P, D) gradient at its output -> at its input."""
+        g = g * (norm.weight.to(g.dtype) + norm.offset) * scale.to(g.dtype)
+        if norm.centred:
+            g = g - g.mean(-1, keepdim=True)
+        return g
+
+    def _scale(self, name: str, upto: int | None = None) -> Tensor:
+        """(P, 1) a frozen normalisation scale."""
+        return self.cache.scales[name][0, :upto]
+
+    def feature_targets(self, features: Tensor) -> Targets:
+        """Targets for the pre-activations of the given active features (indices into the feature table)."""
+        layer, pos, index = self.feat_layer[features], self.feat_pos[features], self.feat_index[features]
+        vectors = torch.empty(len(features), self.d_model)
+        for l in layer.unique().tolist():
+            sel = layer == l
+            enc = self.tc.encoder_vectors(l, index[sel]).float()  # (n, D)
+            if self.read == "mlp_in":
+                block = self.model.blocks[l]
+                enc = self._norm_transpose(block.ln2, self._scale(f"{l}.ln2")[pos[sel]], enc)
+            vectors[sel] = enc
+        return Targets(layer, pos, vectors)
+
+    def direction_targets(self, directions: Tensor, pos: int | None = None) -> Targets:
+        """Targets for directions (B, D) at the final norm's output (e.g. an unembedding row minus the mean)."""
+        pos = self.n_pos - 1 if pos is None else pos
+        scale = self._scale("final")[pos].expand(len(directions), 1)
+        vectors = self._norm_transpose(self.model.ln_final, scale, directions.float())
+        n = len(directions)
+        return Targets(torch.full((n,), self.n_layers), torch.full((n,), pos), vectors)
+
+    def logit_directions(self, token_ids: Tensor) -> Tensor:
+        """(T, D) ``W_U[token] - mean over the vocabulary of W_U``."""
+        w = self.model.unembed.weight.float()
+        return w[token_ids] - w.mean(0)
+
+    # --- the backward pass -------------------------------------------------------------------------------
+
+    def rows(self, targets: Targets) -> Tensor:
+        """(B, C) the direct effect of every source on each target."""
+        with torch.no_grad():
+            return self._rows(targets)
+
+    def _rows(self, targets: Targets) -> Tensor:
+        L, D, dt = self.n_layers, self.d_model, self.dtype
+        B = len(targets)
+        P = int(targets.pos.max()) + 1  # nothing after the last target position matters
+        rows = torch.zeros(B, self.n_columns, dtype=dt)
+        grad = torch.zeros(B, P, D, dtype=dt)
+        batch = torch.arange(B)
+        top = int(targets.layer.max())
+        at_top = targets.layer == top
+        grad[batch[at_top], targets.pos[at_top]] = targets.vectors[at_top].to(dt)
+        for layer in range(min(top, L - 1), -1, -1):
+            if layer < top:  # above the highest target nothing is written that it could see
+                self._contract(layer, grad, rows)
+                if self.tc.cfg.skip:
+                    grad = grad + self._skip_transpose(layer, grad)
+                here = targets.layer == layer
+                if here.any():
+                    grad[batch[here], targets.pos[here]] += targets.vectors[here].to(dt)
+            grad = grad + self._attention_transpose(layer, grad)
+        rows[:, self.embed_offset : self.embed_offset + P] = torch.einsum(
+            "bpd,pd->bp", grad, self.embeddings[:P].to(dt)
+        )
+        return rows
+
+    def _write_grad(self, layer: int, grad: Tensor) -> Tensor:
+        """The gradient at layer's write point, from the gradient at the residual after the MLP."""
+        post = self.model.blocks[layer].mlp_post
+        if self.write == "mlp_out" and post is not None:
+            return self._norm_transpose(post, self._scale(f"{layer}.mlp_post", grad.shape[1]), grad)
+        return grad
+
+    def _contract(self, layer: int, grad: Tensor, rows: Tensor) -> None:
+        """Fill the rows' entries for every source writing at ``layer``: one batched product per layer."""
+        g = self._write_grad(layer, grad)  # (B, P, D)
+        src = self.sources[layer]
+        P = g.shape[1]
+        vals = torch.bmm(g.transpose(0, 1), src.vectors[:P].transpose(1, 2))  # (P, B, S)
+        cols = src.columns[:P]  # (P, S)
+        keep = cols >= 0
+        rows.index_add_(1, cols[keep], vals.permute(1, 0, 2)[:, keep])
+
+    def _skip_transpose(self, layer: int, grad: Tensor) -> Tensor:
+        """The gradient through the transcoder's dense skip path, from its output back to the residual."""
+        g = self._write_grad(layer, grad)
+        eye = torch.eye(self.d_model, dtype=torch.float32)
+        w_skip_t = self.tc.skip_term(layer, eye).to(g.dtype)  # (D, D) = W_skip^T
+        g = g @ w_skip_t.T
+        if self.read == "mlp_in":
+            g = self._norm_transpose(self.model.blocks[layer].ln2, self._scale(f"{layer}.ln2", g.shape[1]), g)
+        return g
+
+    def _attention_transpose(self, layer: int, grad: Tensor) -> Tensor:
+        """The gradient through layer's frozen attention branch, from the residual after it to before it."""
+        block = self.model.blocks[layer]
+        cfg = self.model.cfg
+        B, P, _ = grad.shape
+        g = grad
+        if block.attn_post is not None:
+            g = self._norm_transpose(block.attn_post, self._scale(f"{layer}.attn_post", P), g)
+        g = g @ block.attn.o.weight.to(g.dtype)  # (B, P, H*E)
+        g = g.view(B, P, cfg.n_heads, cfg.d_head).transpose(1, 2)  # (B, H, P, E)
+        pattern = self.cache.patterns[layer][0, :, :P, :P].to(g.dtype)  # (H, Pq, Pk)
+        g = pattern.transpose(-1, -2) @ g  # (B, H, Pk, E)
+        group = cfg.n_heads // cfg.n_kv_heads
+        g = g.view(B, cfg.n_kv_heads, group, P, cfg.d_head).sum(2)  # (B, K, P, E)
+        g = g.transpose(1, 2).reshape(B, P, -1) @ block.attn.v.weight.to(g.dtype)  # (B, P, D)
+        return self._norm_transpose(block.ln1, self._scale(f"{layer}.ln1", P), g)

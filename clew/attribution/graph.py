@@ -1,0 +1,201 @@
+"""The attribution graph: its node table, its adjacency rows, and its one-file safetensors form.
+
+Nodes are laid out as ``[features | errors (layer-major) | embeddings | logits]``. Only features and
+logits receive edges, so only their rows are stored: ``adjacency[r, c]`` is the direct effect of node
+``c`` on the r-th target node, where the targets are the features (rows ``0..Nf-1``) then the logits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clew.errors import ClewError
+
+FORMAT = "clew-graph/1"
+
+
+@dataclass
+class Graph:
+    prompt: str
+    """The prompt as the user gave it."""
+    tokens: Tensor
+    """(P,) token ids."""
+    token_strings: list[str]
+    """The text of each token."""
+    n_layers: int
+    """Layers of the model."""
+    features: Tensor
+    """(Nf, 3) ``[layer, position, feature index]`` of every feature node."""
+    activations: Tensor
+    """(Nf,) each feature node's activation."""
+    logit_tokens: Tensor
+    """(T,) token id of each logit node, -1 for a custom direction."""
+    logit_probs: Tensor
+    """(T,) the model's probability of each logit node's token (its weight in influence)."""
+    logit_labels: list[str]
+    """Display text of each logit node (the token, or a custom target's name)."""
+    adjacency: Tensor
+    """(Nf + T, n_nodes) direct effects: rows are feature then logit targets, columns all nodes."""
+    model_name: str = ""
+    """The model's id (a path, hub id or built-in name)."""
+    dictionary_name: str = ""
+    """The dictionary's id."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """How the graph was made (target choice, budget, batch size, dtype, n_active_features ...)."""
+    error_norms: Tensor | None = None
+    """(L, P) the norm of each error vector, for display."""
+    logit_vectors: Tensor | None = None
+    """(T, D) each logit target's direction at the final norm's output."""
+
+    # --- the node table ---------------------------------------------------------------------------------
+
+    @property
+    def n_pos(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def n_logits(self) -> int:
+        return len(self.logit_tokens)
+
+    @property
+    def error_offset(self) -> int:
+        return self.n_features
+
+    @property
+    def embed_offset(self) -> int:
+        return self.n_features + self.n_layers * self.n_pos
+
+    @property
+    def logit_offset(self) -> int:
+        return self.embed_offset + self.n_pos
+
+    @property
+    def n_nodes(self) -> int:
+        return self.logit_offset + self.n_logits
+
+    def row_nodes(self) -> Tensor:
+        """(Nf + T,) the node index of each adjacency row."""
+        return torch.cat([torch.arange(self.n_features), self.logit_offset + torch.arange(self.n_logits)])
+
+    def kind(self, node: int) -> str:
+        """``"feature"``, ``"error"``, ``"embedding"`` or ``"logit"``."""
+        if node < self.error_offset:
+            return "feature"
+        if node < self.embed_offset:
+            return "error"
+        if node < self.logit_offset:
+            return "embedding"
+        return "logit"
+
+    def kinds(self) -> Tensor:
+        """(n_nodes,) 0 feature, 1 error, 2 embedding, 3 logit."""
+        k = torch.zeros(self.n_nodes, dtype=torch.long)
+        k[self.error_offset : self.embed_offset] = 1
+        k[self.embed_offset : self.logit_offset] = 2
+        k[self.logit_offset :] = 3
+        return k
+
+    def layer_pos(self, node: int) -> tuple[int, int]:
+        """(layer, position); embeddings are layer -1, logits layer ``n_layers``."""
+        kind = self.kind(node)
+        if kind == "feature":
+            layer, pos, _ = self.features[node].tolist()
+            return layer, pos
+        if kind == "error":
+            return divmod(node - self.error_offset, self.n_pos)
+        if kind == "embedding":
+            return -1, node - self.embed_offset
+        return self.n_layers, self.n_pos - 1
+
+    def describe(self, node: int) -> str:
+        """A short human label of a node."""
+        kind = self.kind(node)
+        layer, pos = self.layer_pos(node)
+        if kind == "feature":
+            return f"L{layer}/F{int(self.features[node, 2])}@{pos}"
+        if kind == "error":
+            return f"error L{layer}@{pos}"
+        if kind == "embedding":
+            return f"token {self.token_strings[pos]!r}@{pos}"
+        return f"logit {self.logit_labels[node - self.logit_offset]!r}"
+
+    def square(self) -> Tensor:
+        """(n_nodes, n_nodes) the full adjacency, zero rows for embeddings and errors (small graphs only)."""
+        full = torch.zeros(self.n_nodes, self.n_nodes, dtype=self.adjacency.dtype)
+        full[self.row_nodes()] = self.adjacency
+        return full
+
+    # --- the file ---------------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the whole graph to one safetensors file; :meth:`load` reads it back identically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "tokens": self.tokens,
+            "features": self.features,
+            "activations": self.activations,
+            "logit_tokens": self.logit_tokens,
+            "logit_probs": self.logit_probs,
+            "adjacency": self.adjacency,
+        }
+        for name in ("error_norms", "logit_vectors"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        meta = {
+            "format": FORMAT,
+            "prompt": self.prompt,
+            "token_strings": self.token_strings,
+            "n_layers": self.n_layers,
+            "logit_labels": self.logit_labels,
+            "model_name": self.model_name,
+            "dictionary_name": self.dictionary_name,
+            "settings": self.settings,
+        }
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"clew": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Graph:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise ClewError(f"{path}: no such graph file")
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("clew", "{}"))
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:
+            raise ClewError(f"{path}: not a readable graph file ({err})") from None
+        if meta.get("format") != FORMAT:
+            raise ClewError(f"{path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+        return cls(
+            prompt=meta["prompt"],
+            tokens=tensors["tokens"],
+            token_strings=meta["token_strings"],
+            n_layers=meta["n_layers"],
+            features=tensors["features"],
+            activations=tensors["activations"],
+            logit_tokens=tensors["logit_tokens"],
+            logit_probs=tensors["logit_probs"],
+            logit_labels=meta["logit_labels"],
+            adjacency=tensors["adjacency"],
+            model_name=meta.get("model_name", ""),
+            dictionary_name=meta.get("dictionary_name", ""),
+            settings=meta.get("settings", {}),
+            error_norms=tensors.get("error_norms"),
+            logit_vectors=tensors.get("logit_vectors"),
+        )

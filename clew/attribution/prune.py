@@ -1,0 +1,183 @@
+"""Influence, pruning and the graph's scores, computed on the stored adjacency rows.
+
+Normalised adjacency: absolute values, each row divided by its sum. Influence on the output is
+``w (A + A^2 + ...)`` with ``w`` the logit probabilities; the graph is acyclic, so the series ends, and
+it is summed with repeated vector-matrix products. Thresholds are found without sorting the N^2
+edge scores: a bisection on the score value, each step one pass over the rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from clew.attribution.graph import Graph
+
+CHUNK = 2048  # rows processed at a time, so temporaries stay proportional to CHUNK x n_nodes
+
+
+def row_sums(rows: Tensor) -> Tensor:
+    """(R,) the sum of absolute values of each row, never zero."""
+    sums = torch.cat([rows[i : i + CHUNK].abs().float().sum(1) for i in range(0, len(rows), CHUNK)])
+    return sums.clamp_min(1e-30)
+
+
+def propagate(rows: Tensor, sums: Tensor, x: Tensor) -> Tensor:
+    """(n_nodes,) ``x @ normalised(rows)`` for a weight x (R,) on the rows."""
+    out = torch.zeros(rows.shape[1], dtype=torch.float32)
+    w = x / sums
+    for i in range(0, len(rows), CHUNK):
+        out += w[i : i + CHUNK] @ rows[i : i + CHUNK].abs().float()
+    return out
+
+
+def influence(rows: Tensor, row_nodes: Tensor, start: Tensor, max_steps: int = 10_000) -> Tensor:
+    """(n_nodes,) ``sum_k start A^k`` for k >= 1: how much of the start weight flows through each node.
+
+    ``rows`` (R, n_nodes) are the stored rows of A, ``row_nodes`` (R,) their node indices, ``start`` (R,)
+    the initial weight on each row's node (the logit probabilities on logit rows, zero elsewhere).
+    """
+    sums = row_sums(rows)
+    total = torch.zeros(rows.shape[1])
+    x = start.float()
+    for _ in range(max_steps):
+        if float(x.abs().sum()) < 1e-12:
+            break
+        y = propagate(rows, sums, x)
+        total += y
+        x = y[row_nodes]
+    return total
+
+
+def graph_influence(graph: Graph) -> Tensor:
+    """(n_nodes,) every node's influence on the logits."""
+    start = torch.cat([torch.zeros(graph.n_features), graph.logit_probs.float()])
+    return influence(graph.adjacency, graph.row_nodes(), start)
+
+
+def cumulative_threshold(values: Tensor, fraction: float) -> float:
+    """The smallest value v such that the entries >= v hold at least ``fraction`` of the total (sorting)."""
+    if len(values) == 0 or float(values.sum()) <= 0:
+        return float("inf")
+    ordered = values.sort(descending=True).values
+    cum = ordered.cumsum(0) / ordered.sum()
+    k = int(torch.searchsorted(cum, torch.tensor([fraction], dtype=cum.dtype)).clamp(max=len(ordered) - 1))
+    return float(ordered[k])
+
+
+def mass_threshold(score_chunks, total: float, fraction: float, hi: float, steps: int = 48) -> float:
+    """Like :func:`cumulative_threshold` for values too many to sort: a bisection on the value.
+
+    ``score_chunks()`` yields the values chunk by chunk; ``hi`` is their maximum.
+    """
+    lo = 0.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        mass = sum(float(c[c >= mid].sum()) for c in score_chunks())
+        if mass >= fraction * total:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class Pruned:
+    node_mask: Tensor
+    """(n_nodes,) bool: nodes kept."""
+    edge_mask: Tensor
+    """(R, n_nodes) bool: edges kept, in the layout of ``graph.adjacency``."""
+    influence: Tensor
+    """(n_nodes,) influence on the logits in the unpruned graph."""
+    cumulative: Tensor
+    """(n_nodes,) each node's cumulative influence fraction at its rank (smaller = more important)."""
+
+
+def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
+    """Keep the nodes holding ``node_threshold`` of the influence and the edges holding ``edge_threshold``
+    of the edge score, then drop features and errors left without outgoing (or features without incoming) edges."""
+    kinds = graph.kinds()
+    inf = graph_influence(graph)
+    prunable = (kinds == 0) | (kinds == 1)
+    order = torch.argsort(inf[prunable], descending=True)
+    cum_sorted = inf[prunable][order].cumsum(0) / inf[prunable].sum().clamp_min(1e-30)
+    cumulative = torch.zeros(graph.n_nodes)
+    idx = torch.nonzero(prunable).squeeze(1)[order]
+    cumulative[idx] = cum_sorted
+    threshold = cumulative_threshold(inf[prunable], node_threshold)
+    node_mask = ~prunable | (inf >= threshold)
+
+    rows, row_nodes = graph.adjacency, graph.row_nodes()
+    sums = row_sums(rows)
+    row_weight = inf[row_nodes] + torch.cat([torch.zeros(graph.n_features), graph.logit_probs.float()])
+
+    def chunks():
+        for i in range(0, len(rows), CHUNK):
+            r = slice(i, i + CHUNK)
+            s = rows[r].abs().float() / sums[r, None] * row_weight[r, None]
+            s = s * node_mask[row_nodes[r], None] * node_mask[None, :]
+            yield s
+
+    total = sum(float(c.sum()) for c in chunks())
+    hi = max(float(c.max()) for c in chunks()) if len(rows) else 0.0
+    tau = mass_threshold(chunks, total, edge_threshold, hi)
+    edge_mask = torch.cat([c >= tau for c in chunks()]) & (rows != 0)
+    edge_mask &= node_mask[row_nodes, None] & node_mask[None, :]
+
+    # drop features and errors that lost all their outgoing edges, and features without incoming ones
+    row_of = torch.full((graph.n_nodes,), -1, dtype=torch.long)
+    row_of[row_nodes] = torch.arange(len(row_nodes))
+    while True:
+        outgoing = edge_mask.any(0)
+        incoming = torch.zeros(graph.n_nodes, dtype=torch.bool)
+        incoming[row_nodes] = edge_mask.any(1)
+        dead = (prunable & node_mask & ~outgoing) | ((kinds == 0) & node_mask & ~incoming)
+        if not dead.any():
+            break
+        node_mask &= ~dead
+        edge_mask[:, dead] = False
+        dead_rows = row_of[dead]
+        edge_mask[dead_rows[dead_rows >= 0]] = False
+    return Pruned(node_mask, edge_mask, inf, cumulative)
+
+
+@dataclass
+class Scores:
+    replacement: float
+    """Of the influence reaching the logits from the graph's sources, the fraction from embeddings
+    rather than error nodes (features left out of a subgraph count as errors)."""
+    completeness: float
+    """Per node, the fraction of its normalised input not from error nodes, averaged with
+    (influence + logit weight) as weights."""
+
+
+def scores(graph: Graph, keep: Tensor | None = None) -> Scores:
+    """The graph's replacement and completeness scores; with ``keep`` (n_nodes bool), those of the
+    subgraph in which the features left out are treated as unexplained, like error nodes."""
+    kinds = graph.kinds()
+    unexplained = kinds == 1
+    if keep is not None:
+        unexplained = unexplained | ((kinds == 0) & ~keep)
+    rows, row_nodes = graph.adjacency, graph.row_nodes()
+    # the influence that error (and left-out) nodes pass on ends there: they are sources, not conduits
+    start = torch.cat([torch.zeros(graph.n_features), graph.logit_probs.float()])
+    active = ~unexplained[row_nodes]
+    inf = influence(rows * active[:, None], row_nodes, start)
+    emb = float(inf[kinds == 2].sum())
+    err = float(inf[unexplained].sum())
+    replacement = emb / max(emb + err, 1e-30)
+
+    sums = row_sums(rows)
+    err_frac = (
+        torch.cat(
+            [(rows[i : i + CHUNK].abs().float() * unexplained).sum(1) for i in range(0, len(rows), CHUNK)]
+        )
+        / sums
+    )
+    weight = inf[row_nodes] + start
+    if keep is not None:
+        weight = weight * keep[row_nodes]
+    completeness = float(((1 - err_frac) * weight).sum() / weight.sum().clamp_min(1e-30))
+    return Scores(replacement=replacement, completeness=completeness)

@@ -1,0 +1,226 @@
+"""``trace``: from a prompt to an attribution graph.
+
+1. One clean forward pass (the :class:`Engine`) finds the nodes and freezes the rest.
+2. The logit targets' rows are computed first.
+3. Feature rows follow in batches: all of them when they fit the budget, else the most influential
+   first, re-ranked by their influence on the logits through the rows computed so far.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from clew.attribution.engine import Engine
+from clew.attribution.graph import Graph
+from clew.attribution.prune import influence
+from clew.errors import ClewError
+
+
+@dataclass
+class LogitTarget:
+    """One output target: a direction at the final norm's output, with a weight and a label."""
+
+    label: str
+    vector: Tensor
+    """(D,)"""
+    prob: float
+    token: int = -1
+
+
+def tokenize(model, prompt: str | Sequence[int] | Tensor) -> tuple[Tensor, list[str]]:
+    """(P,) token ids and their strings, with the family's own beginning-of-sequence convention."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ClewError("the prompt is empty")
+        if model.tokenizer is None:
+            raise ClewError("the model has no tokenizer: pass token ids instead of text")
+        ids = torch.tensor(model.tokenizer(prompt)["input_ids"], dtype=torch.long)
+    else:
+        ids = torch.as_tensor(prompt, dtype=torch.long).flatten()
+    if len(ids) == 0:
+        raise ClewError("the prompt is empty")
+    if len(ids) > model.cfg.n_ctx:
+        raise ClewError(f"the prompt has {len(ids)} tokens; the model's context is {model.cfg.n_ctx}")
+    return ids, token_strings(model, ids)
+
+
+def token_strings(model, ids: Tensor) -> list[str]:
+    if model.tokenizer is None:
+        return [str(i) for i in ids.tolist()]
+    return [model.tokenizer.decode([i]) for i in ids.tolist()]
+
+
+def token_id(model, token: str | int) -> int:
+    """A single token's id from its text (with or without a leading space) or the id itself."""
+    if isinstance(token, int):
+        if not 0 <= token < model.cfg.vocab_size:
+            raise ClewError(
+                f"target token id {token} is outside the vocabulary (0..{model.cfg.vocab_size - 1})"
+            )
+        return token
+    if model.tokenizer is None:
+        raise ClewError("the model has no tokenizer: give target tokens as ids")
+    ids = model.tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ClewError(f"target {token!r} is not a single token (it is {len(ids)} tokens: {ids})")
+    return ids[0]
+
+
+def choose_targets(
+    engine: Engine,
+    model,
+    targets: Sequence[str | int] | None,
+    contrast: tuple[str | int, str | int] | None,
+    direction: Tensor | None,
+    max_n_logits: int,
+    desired_logit_prob: float,
+) -> list[LogitTarget]:
+    probs = torch.softmax(engine.logits[-1].float(), -1)  # (V,)
+    if direction is not None:
+        return [LogitTarget("direction", direction.float(), 1.0)]
+    if contrast is not None:
+        a, b = token_id(model, contrast[0]), token_id(model, contrast[1])
+        dirs = engine.logit_directions(torch.tensor([a, b]))
+        label = f"{_label(model, a)} - {_label(model, b)}"
+        return [LogitTarget(label, dirs[0] - dirs[1], 1.0, a)]
+    if targets:
+        ids = [token_id(model, t) for t in targets]
+    else:
+        top = probs.sort(descending=True)
+        cum = top.values.cumsum(0)
+        n = int((cum < desired_logit_prob).sum()) + 1
+        ids = top.indices[: min(n, max_n_logits)].tolist()
+    dirs = engine.logit_directions(torch.tensor(ids))
+    return [LogitTarget(_label(model, i), dirs[k], float(probs[i]), i) for k, i in enumerate(ids)]
+
+
+def _label(model, token: int) -> str:
+    return model.tokenizer.decode([token]) if model.tokenizer is not None else str(token)
+
+
+def trace(
+    model,
+    transcoder,
+    prompt: str | Sequence[int] | Tensor,
+    *,
+    targets: Sequence[str | int] | None = None,
+    contrast: tuple[str | int, str | int] | None = None,
+    direction: Tensor | None = None,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 256,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> Graph:
+    """Compute the attribution graph of ``prompt`` through the model with its MLPs replaced by ``transcoder``.
+
+    Targets are the top next tokens until their probabilities reach ``desired_logit_prob`` (at most
+    ``max_n_logits``), or the given ``targets`` tokens, or the difference of two tokens' logits
+    (``contrast``), or any ``direction`` (D,) at the final norm's output.
+    """
+    started = time.perf_counter()
+    tokens, strings = tokenize(model, prompt)
+    model_dtype = next(model.parameters()).dtype
+    engine = Engine(model, transcoder, tokens.to(model.embed.weight.device), dtype=dtype)
+    chosen = choose_targets(engine, model, targets, contrast, direction, max_n_logits, desired_logit_prob)
+    logit_targets = engine.direction_targets(torch.stack([t.vector for t in chosen]))
+    logit_rows = engine.rows(logit_targets)  # (T, C)
+
+    N = engine.n_features
+    budget = N if max_feature_nodes is None else min(max_feature_nodes, N)
+    feature_rows = torch.zeros(budget, engine.n_columns, dtype=dtype)
+    visited = torch.zeros(N, dtype=torch.bool)
+    order: list[Tensor] = []
+    done = 0
+    bar = tqdm(total=budget, desc="attribution", unit="feature", disable=not progress, leave=False)
+    while done < budget:
+        if budget == N:  # every feature gets a row: take them in (layer, position) order
+            batch = torch.arange(done, min(done + batch_size, N))
+        else:
+            batch = _most_influential(engine, logit_rows, chosen, feature_rows[:done], order, visited)
+            batch = batch[: min(batch_size, budget - done)]
+        rows = engine.rows(engine.feature_targets(batch))
+        feature_rows[done : done + len(batch)] = rows
+        visited[batch] = True
+        order.append(batch)
+        done += len(batch)
+        bar.update(len(batch))
+    bar.close()
+    selected = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
+    graph = _assemble(
+        engine, model, transcoder, prompt, tokens, strings, chosen, selected, feature_rows, logit_rows
+    )
+    graph.settings.update(
+        max_n_logits=max_n_logits,
+        desired_logit_prob=desired_logit_prob,
+        max_feature_nodes=max_feature_nodes,
+        batch_size=batch_size,
+        dtype=str(dtype).removeprefix("torch."),
+        model_dtype=str(model_dtype).removeprefix("torch."),
+        n_active_features=N,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return graph
+
+
+def _most_influential(
+    engine: Engine,
+    logit_rows: Tensor,
+    chosen: list[LogitTarget],
+    feature_rows: Tensor,
+    order: list[Tensor],
+    visited: Tensor,
+) -> Tensor:
+    """Unvisited features by descending influence on the logits through the rows computed so far."""
+    rows = torch.cat([feature_rows, logit_rows])
+    done = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
+    # logit rows get node ids past the columns; they are never a column themselves
+    row_nodes = torch.cat([done, engine.n_columns + torch.arange(len(logit_rows))])
+    start = torch.cat([torch.zeros(len(done)), torch.tensor([t.prob for t in chosen])])
+    padded = torch.nn.functional.pad(rows, (0, len(logit_rows)))
+    inf = influence(padded, row_nodes, start)[: engine.n_features]
+    inf[visited] = -1.0
+    return torch.argsort(inf, descending=True)[: int((~visited).sum())]
+
+
+def _assemble(
+    engine, model, transcoder, prompt, tokens, strings, chosen, selected, feature_rows, logit_rows
+) -> Graph:
+    """Reorder the selected features by (layer, position, index) and lay the columns out as graph nodes."""
+    key = engine.feat_layer[selected] * (engine.n_pos * 10**7) + engine.feat_pos[selected] * 10**7
+    key = key + engine.feat_index[selected]
+    perm = torch.argsort(key)
+    selected, feature_rows = selected[perm], feature_rows[perm]
+    Nf, L, P, T = len(selected), engine.n_layers, engine.n_pos, len(chosen)
+    n_nodes = Nf + L * P + P + T
+    columns = torch.cat([selected, engine.error_offset + torch.arange(L * P + P)])
+    adjacency = torch.zeros(Nf + T, n_nodes, dtype=feature_rows.dtype)
+    adjacency[:Nf, : Nf + L * P + P] = feature_rows[:, columns]
+    adjacency[Nf:, : Nf + L * P + P] = logit_rows[:, columns]
+    features = torch.stack(
+        [engine.feat_layer[selected], engine.feat_pos[selected], engine.feat_index[selected]], 1
+    )
+    return Graph(
+        prompt=prompt if isinstance(prompt, str) else "",
+        tokens=tokens.cpu(),
+        token_strings=strings,
+        n_layers=L,
+        features=features,
+        activations=engine.feat_act[selected].float(),
+        logit_tokens=torch.tensor([t.token for t in chosen]),
+        logit_probs=torch.tensor([t.prob for t in chosen]),
+        logit_labels=[t.label for t in chosen],
+        adjacency=adjacency,
+        model_name=getattr(model, "name", ""),
+        dictionary_name=getattr(transcoder, "name", ""),
+        settings={},
+        error_norms=engine.errors.norm(dim=-1).float(),
+        logit_vectors=torch.stack([t.vector for t in chosen]).float(),
+    )

@@ -1,0 +1,164 @@
+"""Checking a graph against the model it came from, independently of the engine's backward pass.
+
+The frozen replacement model is run *forward* through the ordinary ``Transformer.run_layers``, with
+patterns and scales frozen, feature activations and error vectors held at their clean values, and
+one source perturbed per batch row: adding a source's vector at its write point must move every
+target by exactly that source's edge weight (the map is linear, so the step size is 1). A second
+check: each target's value equals the sum of its incoming edges plus the contribution of the biases,
+which is the target's value with every source set to zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from clew.attribution.engine import Engine
+from clew.attribution.graph import Graph
+
+
+class _FrozenReplacement:
+    """MLPs replaced by the clean reconstruction + error (constants) + the live skip path, plus a
+    per-row perturbation ``extra[layer]`` (B, P, D); records each layer's feature pre-activations."""
+
+    def __init__(self, engine: Engine, extra: dict[int, Tensor], scale_sources: float):
+        self.engine, self.extra, self.scale = engine, extra, scale_sources
+        self.write = engine.write
+        self.pre: dict[int, Tensor] = {}
+        self.constant = {
+            layer: scale_sources
+            * (engine.tc.decode(engine.acts, layer) - engine.tc.decoder_bias(layer) + engine.errors[layer])
+            + engine.tc.decoder_bias(layer)
+            for layer in range(engine.n_layers)
+        }
+
+    def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
+        read = mlp_in if self.engine.read == "mlp_in" else resid_mid
+        self.pre[layer] = self.engine.tc.pre_activations(layer, read)
+        out = self.constant[layer].expand_as(resid_mid)
+        skip = self.engine.tc.skip_term(layer, read)
+        if skip is not None:
+            out = out + skip
+        if layer in self.extra:
+            out = out + self.extra[layer]
+        return out
+
+
+def frozen_target_values(
+    engine: Engine,
+    features: Tensor,
+    directions: Tensor,
+    embed_extra: Tensor | None = None,
+    write_extra: dict[int, Tensor] | None = None,
+    scale_sources: float = 1.0,
+) -> Tensor:
+    """(B, n_targets) the targets' values in the frozen replacement model, one row per perturbation.
+
+    ``features`` are indices into the engine's feature table (their pre-activations are targets);
+    ``directions`` (T, D) are read at the final norm's output at the last position. ``scale_sources``
+    scales every source (embeddings, features' writes, errors): 0 leaves only the biases.
+    """
+    model, cache = engine.model, engine.cache
+    B = 1 if embed_extra is None else len(embed_extra)
+    resid = scale_sources * engine.embeddings[None].expand(B, -1, -1)
+    if embed_extra is not None:
+        resid = resid + embed_extra
+    replacement = _FrozenReplacement(engine, write_extra or {}, scale_sources)
+    with torch.no_grad():
+        final = model.run_layers(resid, 0, engine.n_layers, frozen=cache.frozen(), mlp=replacement)
+        normed = model.ln_final(final, cache.scales["final"])[:, -1]  # (B, D)
+    values = [normed @ directions.T]
+    layer, pos, index = engine.feat_layer[features], engine.feat_pos[features], engine.feat_index[features]
+    feature_values = (
+        torch.stack([replacement.pre[int(l)][:, int(p), int(i)] for l, p, i in zip(layer, pos, index)], 1)
+        if len(features)
+        else torch.zeros(B, 0)
+    )
+    return torch.cat([feature_values, values[0]], 1)
+
+
+@dataclass
+class Check:
+    max_edge_error: float
+    """Largest |measured effect - edge weight| over the checked edges, relative to the largest edge."""
+    max_sum_error: float
+    """Largest |target value - (sum of incoming edges + biases)|, relative to the largest value."""
+    n_sources: int
+    n_targets: int
+
+
+@torch.no_grad()
+def check_rows(
+    engine: Engine, features: Tensor, directions: Tensor, rows: Tensor, columns: Tensor, complete: bool = True
+) -> Check:
+    """Compare adjacency ``rows`` (n_targets, C) of the engine's targets (the ``features`` then the
+    ``directions``) with perturbations of the sources in ``columns`` (engine column numbers). With
+    ``complete`` (the rows hold every source), also check that edges plus biases give each value."""
+    L, P, D = engine.n_layers, engine.n_pos, engine.d_model
+    B = len(columns)
+    embed_extra = torch.zeros(B, P, D)
+    write_extra = {layer: torch.zeros(B, P, D) for layer in range(L)}
+    for b, col in enumerate(columns.tolist()):
+        if col >= engine.embed_offset:
+            p = col - engine.embed_offset
+            embed_extra[b, p] = engine.embeddings[p]
+        elif col >= engine.error_offset:
+            layer, p = divmod(col - engine.error_offset, P)
+            write_extra[layer][b, p] = engine.errors[layer, p]
+        else:
+            src, p, i, a = (
+                int(engine.feat_layer[col]),
+                int(engine.feat_pos[col]),
+                int(engine.feat_index[col]),
+                float(engine.feat_act[col]),
+            )
+            dsts = range(src, L) if engine.cross_layer else [src]
+            for dst in dsts:
+                write_extra[dst][b, p] += (
+                    a * engine.tc.decoder_vectors(src, torch.tensor([i]), dst)[0].float()
+                )
+    clean = frozen_target_values(engine, features, directions)  # (1, n)
+    perturbed = frozen_target_values(engine, features, directions, embed_extra, write_extra)  # (B, n)
+    measured = (perturbed - clean).T  # (n, B)
+    expected = rows[:, columns].float()
+    scale = rows.abs().max().clamp_min(1e-12)
+    edge_err = float((measured - expected).abs().max() / scale)
+
+    sum_err = float("nan")
+    if complete:
+        biases = frozen_target_values(engine, features, directions, scale_sources=0.0)[0]  # (n,)
+        total = rows.float().sum(1) + biases
+        sum_err = float((total - clean[0]).abs().max() / clean.abs().max().clamp_min(1e-12))
+    return Check(edge_err, sum_err, B, len(rows))
+
+
+@torch.no_grad()
+def check_graph(model, transcoder, graph: Graph, max_sources: int | None = 256, seed: int = 0) -> Check:
+    """Re-run the prompt and check the graph's edges against perturbations of (a sample of) its sources."""
+    engine = Engine(model, transcoder, graph.tokens.to(model.embed.weight.device))
+    # map the graph's feature nodes to the engine's feature table
+    key = lambda l, p, i: (int(l), int(p), int(i))  # noqa: E731
+    table = {
+        key(l, p, i): n
+        for n, (l, p, i) in enumerate(zip(engine.feat_layer, engine.feat_pos, engine.feat_index))
+    }
+    features = torch.tensor([table[key(*f)] for f in graph.features.tolist()], dtype=torch.long)
+    directions = (
+        graph.logit_vectors
+        if graph.logit_vectors is not None
+        else engine.logit_directions(graph.logit_tokens)
+    )
+    # the graph's columns in engine numbering
+    graph_cols = torch.cat(
+        [features, engine.error_offset + torch.arange(engine.n_layers * engine.n_pos + engine.n_pos)]
+    )
+    n_src = len(graph_cols)
+    pick = torch.arange(n_src)
+    if max_sources is not None and n_src > max_sources:
+        pick = torch.randperm(n_src, generator=torch.Generator().manual_seed(seed))[:max_sources]
+    rows = torch.zeros(graph.adjacency.shape[0], engine.n_columns)
+    rows[:, graph_cols] = graph.adjacency[:, :n_src].float()
+    complete = len(features) == engine.n_features
+    return check_rows(engine, features, directions, rows, graph_cols[pick], complete)

@@ -1,0 +1,123 @@
+"""Exactness of the attribution engine: every edge against a perturbation of its source."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hf_tiny import FAMILIES, save_hf_model
+from tiny_dictionaries import KINDS, random_transcoder
+
+from clew.attribution import Graph, prune, scores, trace
+from clew.attribution.prune import cumulative_threshold, mass_threshold
+from clew.attribution.verify import check_graph
+from clew.models.loading import load_folder
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    out = {}
+    for family in FAMILIES:
+        folder = tmp_path_factory.mktemp(family)
+        save_hf_model(family, folder)
+        out[family] = load_folder(folder, tokenizer=False, device="cpu")
+    return out
+
+
+def prompt(n: int = 11, seed: int = 5) -> torch.Tensor:
+    return torch.randint(0, 211, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_edge_matches_a_perturbation(models, family, kind):
+    model = models[family]
+    tc = random_transcoder(model.cfg, kind)
+    graph = trace(model, tc, prompt(), max_n_logits=3, desired_logit_prob=0.99, batch_size=16, progress=False)
+    assert graph.n_features > 10, "too few active features to test anything"
+    assert graph.n_features == graph.settings["n_active_features"]
+    check = check_graph(model, tc, graph, max_sources=None)
+    assert check.n_sources == graph.n_features + (model.cfg.n_layers + 1) * graph.n_pos
+    assert check.max_edge_error < TOL, check
+    assert check.max_sum_error < TOL, check
+    # every edge type is present and nonzero somewhere
+    feats, errs = (
+        graph.adjacency[:, : graph.n_features],
+        graph.adjacency[:, graph.error_offset : graph.embed_offset],
+    )
+    embs = graph.adjacency[:, graph.embed_offset : graph.logit_offset]
+    assert feats[: graph.n_features].abs().max() > 0 and errs.abs().max() > 0 and embs.abs().max() > 0
+    assert graph.adjacency[graph.n_features :].abs().max() > 0  # logit rows
+
+
+def test_no_edge_from_later_positions_or_layers(models):
+    model = models["llama"]
+    tc = random_transcoder(model.cfg, "plt-jumprelu")
+    graph = trace(model, tc, prompt(), progress=False)
+    A = graph.adjacency[: graph.n_features, : graph.n_features]
+    lt, pt = graph.features[:, 0], graph.features[:, 1]
+    later = (lt[None, :] >= lt[:, None]) | (pt[None, :] > pt[:, None])  # source not strictly before target
+    assert A[later].abs().max() == 0
+
+
+def test_budget_keeps_the_most_influential_features(models):
+    model = models["gemma3"]
+    tc = random_transcoder(model.cfg, "clt-relu")
+    full = trace(model, tc, prompt(), progress=False)
+    small = trace(model, tc, prompt(), max_feature_nodes=20, batch_size=8, progress=False)
+    assert small.n_features == 20 < full.n_features
+    # the feature with the largest direct effect on the top logit is among them
+    top = full.adjacency[full.n_features, : full.n_features].abs().argmax()
+    assert any((small.features == full.features[top]).all(1))
+    check = check_graph(model, tc, small, max_sources=None)
+    assert check.max_edge_error < TOL
+
+
+def test_custom_targets(models):
+    model = models["qwen3"]
+    tc = random_transcoder(model.cfg, "plt-jumprelu")
+    g = trace(model, tc, prompt(), targets=[3, 7], progress=False)
+    assert g.logit_tokens.tolist() == [3, 7]
+    c = trace(model, tc, prompt(), contrast=(3, 7), progress=False)
+    n = c.logit_offset
+    assert torch.allclose(c.adjacency[-1, :n], g.adjacency[-2, :n] - g.adjacency[-1, :n], atol=1e-5)
+    d = trace(model, tc, prompt(), direction=torch.randn(model.cfg.d_model), progress=False)
+    assert check_graph(model, tc, d).max_edge_error < TOL
+
+
+def test_save_load_round_trip(models, tmp_path):
+    model = models["gpt2"]
+    tc = random_transcoder(model.cfg, "skip-topk")
+    graph = trace(model, tc, prompt(), progress=False)
+    path = graph.save(tmp_path / "g.safetensors")
+    back = Graph.load(path)
+    assert torch.equal(back.adjacency, graph.adjacency) and torch.equal(back.features, graph.features)
+    assert back.settings == graph.settings and back.logit_labels == graph.logit_labels
+    assert back.token_strings == graph.token_strings
+
+
+def test_pruning_and_scores(models):
+    model = models["llama3_tied"]
+    tc = random_transcoder(model.cfg, "plt-jumprelu")
+    graph = trace(model, tc, prompt(), progress=False)
+    kinds = graph.kinds()
+    p = prune(graph, node_threshold=0.5, edge_threshold=0.9)
+    assert p.node_mask[kinds >= 2].all()  # embeddings and logits always kept
+    assert 0 < p.node_mask[kinds == 0].sum() < graph.n_features
+    assert p.edge_mask.sum() < (graph.adjacency != 0).sum()
+    s = scores(graph)
+    assert 0 < s.replacement < 1 and 0 < s.completeness < 1
+    sub = scores(graph, keep=p.node_mask)
+    assert sub.completeness <= s.completeness + 1e-6 and sub.replacement <= s.replacement + 1e-6
+
+
+def test_bisection_threshold_agrees_with_sorting():
+    values = torch.rand(10_000) ** 4
+    for fraction in (0.5, 0.8, 0.98):
+        exact = cumulative_threshold(values, fraction)
+        approx = mass_threshold(
+            lambda: iter([values[:5000], values[5000:]]), float(values.sum()), fraction, float(values.max())
+        )
+        assert values[values >= approx].sum() >= fraction * values.sum() - 1e-3
+        assert abs(approx - exact) <= 1e-6 + 1e-3 * exact
