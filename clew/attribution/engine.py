@@ -204,22 +204,37 @@ class Engine:
         return w[token_ids] - w.mean(0)
 
     # --- the backward pass -------------------------------------------------------------------------------
+    #
+    # The gradient is kept position-major, (P, B, D): every product below is then one large matrix
+    # product (or one per head), never thousands of tiny ones.
 
     def rows(self, targets: Targets) -> Tensor:
-        """(B, C) the direct effect of every source on each target."""
+        """(B, C) the direct effect of every source on each target.
+
+        The batch is split by position, so that targets early in the prompt do not pay for the
+        positions after them (attention costs grow with the square of the positions covered)."""
         with torch.no_grad():
-            return self._rows(targets)
+            B = len(targets)
+            n_chunks = max(1, min(8, B // 32))
+            if n_chunks == 1:
+                return self._rows(targets)
+            out = torch.empty(B, self.n_columns, dtype=self.dtype)
+            for chunk in torch.argsort(targets.pos).chunk(n_chunks):
+                out[chunk] = self._rows(
+                    Targets(targets.layer[chunk], targets.pos[chunk], targets.vectors[chunk])
+                )
+            return out
 
     def _rows(self, targets: Targets) -> Tensor:
         L, D, dt = self.n_layers, self.d_model, self.dtype
         B = len(targets)
         P = int(targets.pos.max()) + 1  # nothing after the last target position matters
         rows = torch.zeros(B, self.n_columns, dtype=dt)
-        grad = torch.zeros(B, P, D, dtype=dt)
+        grad = torch.zeros(P, B, D, dtype=dt)
         batch = torch.arange(B)
         top = int(targets.layer.max())
         at_top = targets.layer == top
-        grad[batch[at_top], targets.pos[at_top]] = targets.vectors[at_top].to(dt)
+        grad[targets.pos[at_top], batch[at_top]] = targets.vectors[at_top].to(dt)
         for layer in range(min(top, L - 1), -1, -1):
             if layer < top:  # above the highest target nothing is written that it could see
                 self._contract(layer, grad, rows)
@@ -227,53 +242,72 @@ class Engine:
                     grad = grad + self._skip_transpose(layer, grad)
                 here = targets.layer == layer
                 if here.any():
-                    grad[batch[here], targets.pos[here]] += targets.vectors[here].to(dt)
+                    grad[targets.pos[here], batch[here]] += targets.vectors[here].to(dt)
             grad = grad + self._attention_transpose(layer, grad)
         rows[:, self.embed_offset : self.embed_offset + P] = torch.einsum(
-            "bpd,pd->bp", grad, self.embeddings[:P].to(dt)
+            "pbd,pd->bp", grad, self.embeddings[:P].to(dt)
         )
         return rows
 
+    def _weights(self, layer: int) -> dict[str, Tensor]:
+        """Layer's matrices and norm weights in the engine's dtype, prepared once."""
+        if not hasattr(self, "_prepared"):
+            self._prepared: dict[int, dict[str, Tensor]] = {}
+        if layer not in self._prepared:
+            cfg, block, dt = self.model.cfg, self.model.blocks[layer], self.dtype
+            w = {
+                "o": block.attn.o.weight.to(dt),  # (D, H*E)
+                "v": block.attn.v.weight.to(dt).view(cfg.n_kv_heads, cfg.d_head, cfg.d_model),  # (K, E, D)
+            }
+            for name in ("ln1", "attn_post", "ln2", "mlp_post"):
+                norm = getattr(block, name)
+                if norm is not None:
+                    w[name] = (norm.weight.float() + norm.offset).to(dt)
+            if self.tc.cfg.skip:
+                eye = torch.eye(cfg.d_model, dtype=torch.float32)
+                w["skip_t"] = self.tc.skip_term(layer, eye).to(dt)  # (D, D) = W_skip^T
+            self._prepared[layer] = w
+        return self._prepared[layer]
+
+    def _norm_t(self, layer: int, name: str, g: Tensor) -> Tensor:
+        """The transpose of layer's frozen norm ``name`` on a (P, B, D) gradient."""
+        P = g.shape[0]
+        scale = self.cache.scales[f"{layer}.{name}"][0, :P, :, None].to(g.dtype)  # (P, 1, 1)
+        g = g * (self._weights(layer)[name] * scale)
+        if getattr(self.model.blocks[layer], name).centred:
+            g = g - g.mean(-1, keepdim=True)
+        return g
+
     def _write_grad(self, layer: int, grad: Tensor) -> Tensor:
         """The gradient at layer's write point, from the gradient at the residual after the MLP."""
-        post = self.model.blocks[layer].mlp_post
-        if self.write == "mlp_out" and post is not None:
-            return self._norm_transpose(post, self._scale(f"{layer}.mlp_post", grad.shape[1]), grad)
+        if self.write == "mlp_out" and self.model.blocks[layer].mlp_post is not None:
+            return self._norm_t(layer, "mlp_post", grad)
         return grad
 
     def _contract(self, layer: int, grad: Tensor, rows: Tensor) -> None:
         """Fill the rows' entries for every source writing at ``layer``: one batched product per layer."""
-        g = self._write_grad(layer, grad)  # (B, P, D)
+        g = self._write_grad(layer, grad)  # (P, B, D)
         src = self.sources[layer]
-        P = g.shape[1]
-        vals = torch.bmm(g.transpose(0, 1), src.vectors[:P].transpose(1, 2))  # (P, B, S)
+        P = g.shape[0]
+        vals = torch.bmm(g, src.vectors[:P].transpose(1, 2))  # (P, B, S)
         cols = src.columns[:P]  # (P, S)
         keep = cols >= 0
-        rows.index_add_(1, cols[keep], vals.permute(1, 0, 2)[:, keep])
+        rows.index_add_(1, cols[keep], vals.transpose(0, 1)[:, keep])
 
     def _skip_transpose(self, layer: int, grad: Tensor) -> Tensor:
         """The gradient through the transcoder's dense skip path, from its output back to the residual."""
-        g = self._write_grad(layer, grad)
-        eye = torch.eye(self.d_model, dtype=torch.float32)
-        w_skip_t = self.tc.skip_term(layer, eye).to(g.dtype)  # (D, D) = W_skip^T
-        g = g @ w_skip_t.T
-        if self.read == "mlp_in":
-            g = self._norm_transpose(self.model.blocks[layer].ln2, self._scale(f"{layer}.ln2", g.shape[1]), g)
-        return g
+        g = self._write_grad(layer, grad) @ self._weights(layer)["skip_t"].T
+        return self._norm_t(layer, "ln2", g) if self.read == "mlp_in" else g
 
     def _attention_transpose(self, layer: int, grad: Tensor) -> Tensor:
         """The gradient through layer's frozen attention branch, from the residual after it to before it."""
-        block = self.model.blocks[layer]
-        cfg = self.model.cfg
-        B, P, _ = grad.shape
-        g = grad
-        if block.attn_post is not None:
-            g = self._norm_transpose(block.attn_post, self._scale(f"{layer}.attn_post", P), g)
-        g = g @ block.attn.o.weight.to(g.dtype)  # (B, P, H*E)
-        g = g.view(B, P, cfg.n_heads, cfg.d_head).transpose(1, 2)  # (B, H, P, E)
+        cfg, w = self.model.cfg, self._weights(layer)
+        H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        P, B, _ = grad.shape
+        g = self._norm_t(layer, "attn_post", grad) if "attn_post" in w else grad
+        z = (g @ w["o"]).view(P, B, H, E).permute(2, 0, 1, 3).reshape(H, P, B * E)  # (H, Pq, B*E)
         pattern = self.cache.patterns[layer][0, :, :P, :P].to(g.dtype)  # (H, Pq, Pk)
-        g = pattern.transpose(-1, -2) @ g  # (B, H, Pk, E)
-        group = cfg.n_heads // cfg.n_kv_heads
-        g = g.view(B, cfg.n_kv_heads, group, P, cfg.d_head).sum(2)  # (B, K, P, E)
-        g = g.transpose(1, 2).reshape(B, P, -1) @ block.attn.v.weight.to(g.dtype)  # (B, P, D)
-        return self._norm_transpose(block.ln1, self._scale(f"{layer}.ln1", P), g)
+        z = torch.bmm(pattern.transpose(1, 2), z)  # (H, Pk, B*E): each key gathers from its queries
+        z = z.view(K, H // K, P * B, E).sum(1)  # (K, P*B, E): heads sharing a key/value head
+        g = torch.bmm(z, w["v"]).sum(0).view(P, B, -1)  # (P, B, D)
+        return self._norm_t(layer, "ln1", g)

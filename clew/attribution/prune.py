@@ -8,6 +8,7 @@ edge scores: a bisection on the score value, each step one pass over the rows.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from clew.attribution.graph import Graph
 
-CHUNK = 2048  # rows processed at a time, so temporaries stay proportional to CHUNK x n_nodes
+CHUNK = 512  # rows processed at a time, so temporaries stay proportional to CHUNK x n_nodes
 
 
 def row_sums(rows: Tensor) -> Tensor:
@@ -36,19 +37,23 @@ def propagate(rows: Tensor, sums: Tensor, x: Tensor) -> Tensor:
 def influence(rows: Tensor, row_nodes: Tensor, start: Tensor, max_steps: int = 10_000) -> Tensor:
     """(n_nodes,) ``sum_k start A^k`` for k >= 1: how much of the start weight flows through each node.
 
-    ``rows`` (R, n_nodes) are the stored rows of A, ``row_nodes`` (R,) their node indices, ``start`` (R,)
-    the initial weight on each row's node (the logit probabilities on logit rows, zero elsewhere).
+    ``rows`` (R, n_nodes) are the stored rows of A, ``row_nodes`` (R,) their node indices (-1 for a
+    row whose node is no column, such as a logit), ``start`` (R,) the initial weight on each row's
+    node (the logit probabilities on logit rows, zero elsewhere). Weight only flows on through nodes
+    that have rows, so the series is iterated on the small (R, R) block of A among them, and the full
+    width of A is read once at the end.
     """
     sums = row_sums(rows)
-    total = torch.zeros(rows.shape[1])
-    x = start.float()
+    has = row_nodes >= 0
+    among = torch.zeros(len(rows), len(rows))
+    among[:, has] = rows[:, row_nodes[has]].abs().float() / sums[:, None]  # (R, R)
+    x, acc = start.float(), torch.zeros(len(rows))
     for _ in range(max_steps):
         if float(x.abs().sum()) < 1e-12:
             break
-        y = propagate(rows, sums, x)
-        total += y
-        x = y[row_nodes]
-    return total
+        acc += x
+        x = x @ among
+    return propagate(rows, sums, acc)
 
 
 def graph_influence(graph: Graph) -> Tensor:
@@ -67,20 +72,35 @@ def cumulative_threshold(values: Tensor, fraction: float) -> float:
     return float(ordered[k])
 
 
-def mass_threshold(score_chunks, total: float, fraction: float, hi: float, steps: int = 48) -> float:
-    """Like :func:`cumulative_threshold` for values too many to sort: a bisection on the value.
+def mass_threshold(score_chunks, total: float, fraction: float, hi: float, bins: int = 4096) -> float:
+    """Like :func:`cumulative_threshold` for values too many to sort, with the same answer.
 
-    ``score_chunks()`` yields the values chunk by chunk; ``hi`` is their maximum.
+    ``score_chunks()`` yields the (non-negative) values chunk by chunk; ``hi`` is their maximum. One
+    pass histograms the mass on a log scale, a second collects the values of the one bin where the
+    cumulative mass (from the top) crosses ``fraction``, and only those are sorted.
     """
-    lo = 0.0
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        mass = sum(float(c[c >= mid].sum()) for c in score_chunks())
-        if mass >= fraction * total:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    if total <= 0 or hi <= 0:
+        return float("inf")
+    top, span = math.log(hi), math.log(1e12)  # bins cover [hi * 1e-12, hi]; smaller values share bin 0
+
+    def bin_of(v: Tensor) -> Tensor:
+        pos = (v.clamp_min(hi * 1e-12).log() - (top - span)) / span * (bins - 1)
+        return pos.floor().long().clamp(0, bins - 1)
+
+    mass = torch.zeros(bins, dtype=torch.float64)
+    for c in score_chunks():
+        v = c[c > 0]
+        mass += torch.bincount(bin_of(v), weights=v.double(), minlength=bins)
+    above = mass.flip(0).cumsum(0).flip(0)  # mass in this bin and all higher ones
+    need = fraction * total
+    crossing = int((above >= need).nonzero().max()) if bool((above >= need).any()) else 0
+    higher = float(above[crossing + 1]) if crossing + 1 < bins else 0.0
+    inside = (
+        torch.cat([c[(c > 0) & (bin_of(c) == crossing)] for c in score_chunks()]).sort(descending=True).values
+    )
+    cum = higher + inside.double().cumsum(0)
+    k = int((cum < need).sum())
+    return float(inside[min(k, len(inside) - 1)]) if len(inside) else 0.0
 
 
 @dataclass

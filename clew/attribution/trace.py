@@ -104,6 +104,7 @@ def _label(model, token: int) -> str:
     return model.tokenizer.decode([token]) if model.tokenizer is not None else str(token)
 
 
+@torch.no_grad()
 def trace(
     model,
     transcoder,
@@ -131,11 +132,11 @@ def trace(
     engine = Engine(model, transcoder, tokens.to(model.embed.weight.device), dtype=dtype)
     chosen = choose_targets(engine, model, targets, contrast, direction, max_n_logits, desired_logit_prob)
     logit_targets = engine.direction_targets(torch.stack([t.vector for t in chosen]))
-    logit_rows = engine.rows(logit_targets)  # (T, C)
-
+    T = len(chosen)
     N = engine.n_features
     budget = N if max_feature_nodes is None else min(max_feature_nodes, N)
-    feature_rows = torch.zeros(budget, engine.n_columns, dtype=dtype)
+    rows = torch.zeros(T + budget, engine.n_columns, dtype=dtype)  # logit rows, then feature rows
+    rows[:T] = engine.rows(logit_targets)
     visited = torch.zeros(N, dtype=torch.bool)
     order: list[Tensor] = []
     done = 0
@@ -144,10 +145,9 @@ def trace(
         if budget == N:  # every feature gets a row: take them in (layer, position) order
             batch = torch.arange(done, min(done + batch_size, N))
         else:
-            batch = _most_influential(engine, logit_rows, chosen, feature_rows[:done], order, visited)
+            batch = _most_influential(engine, rows[: T + done], chosen, order, visited)
             batch = batch[: min(batch_size, budget - done)]
-        rows = engine.rows(engine.feature_targets(batch))
-        feature_rows[done : done + len(batch)] = rows
+        rows[T + done : T + done + len(batch)] = engine.rows(engine.feature_targets(batch))
         visited[batch] = True
         order.append(batch)
         done += len(batch)
@@ -155,7 +155,7 @@ def trace(
     bar.close()
     selected = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
     graph = _assemble(
-        engine, model, transcoder, prompt, tokens, strings, chosen, selected, feature_rows, logit_rows
+        engine, model, transcoder, prompt, tokens, strings, chosen, selected, rows[T:], rows[:T]
     )
     graph.settings.update(
         max_n_logits=max_n_logits,
@@ -171,21 +171,15 @@ def trace(
 
 
 def _most_influential(
-    engine: Engine,
-    logit_rows: Tensor,
-    chosen: list[LogitTarget],
-    feature_rows: Tensor,
-    order: list[Tensor],
-    visited: Tensor,
+    engine: Engine, rows: Tensor, chosen: list[LogitTarget], order: list[Tensor], visited: Tensor
 ) -> Tensor:
-    """Unvisited features by descending influence on the logits through the rows computed so far."""
-    rows = torch.cat([feature_rows, logit_rows])
+    """Unvisited features by descending influence on the logits through the rows computed so far
+    (``rows``: the logit rows, then the visited features' rows in visiting order)."""
+    T = len(chosen)
     done = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
-    # logit rows get node ids past the columns; they are never a column themselves
-    row_nodes = torch.cat([done, engine.n_columns + torch.arange(len(logit_rows))])
-    start = torch.cat([torch.zeros(len(done)), torch.tensor([t.prob for t in chosen])])
-    padded = torch.nn.functional.pad(rows, (0, len(logit_rows)))
-    inf = influence(padded, row_nodes, start)[: engine.n_features]
+    row_nodes = torch.cat([torch.full((T,), -1), done])  # logits are never a column
+    start = torch.cat([torch.tensor([t.prob for t in chosen]), torch.zeros(len(done))])
+    inf = influence(rows, row_nodes, start)[: engine.n_features]
     inf[visited] = -1.0
     return torch.argsort(inf, descending=True)[: int((~visited).sum())]
 
@@ -197,12 +191,13 @@ def _assemble(
     key = engine.feat_layer[selected] * (engine.n_pos * 10**7) + engine.feat_pos[selected] * 10**7
     key = key + engine.feat_index[selected]
     perm = torch.argsort(key)
-    selected, feature_rows = selected[perm], feature_rows[perm]
+    selected = selected[perm]
     Nf, L, P, T = len(selected), engine.n_layers, engine.n_pos, len(chosen)
     n_nodes = Nf + L * P + P + T
     columns = torch.cat([selected, engine.error_offset + torch.arange(L * P + P)])
     adjacency = torch.zeros(Nf + T, n_nodes, dtype=feature_rows.dtype)
-    adjacency[:Nf, : Nf + L * P + P] = feature_rows[:, columns]
+    for i in range(0, Nf, 1024):  # in chunks, so that no second copy of all rows is ever made
+        adjacency[i : min(i + 1024, Nf), : Nf + L * P + P] = feature_rows[perm[i : i + 1024]][:, columns]
     adjacency[Nf:, : Nf + L * P + P] = logit_rows[:, columns]
     features = torch.stack(
         [engine.feat_layer[selected], engine.feat_pos[selected], engine.feat_index[selected]], 1

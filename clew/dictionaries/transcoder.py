@@ -141,7 +141,11 @@ class LazyDecoder:
     def rows(self, idx: Tensor, dst_layer: int) -> Tensor:
         j = self._slot(dst_layer)
         idx = idx.detach().to("cpu", torch.long)
-        return self._read((idx,) if j is None else (idx, j))
+        if idx.numel() == 0:
+            return self._read((slice(0, 0),) if j is None else (slice(0, 0), j))
+        lo, hi = int(idx.min()), int(idx.max()) + 1  # one contiguous read, then pick the rows
+        block = self._read((slice(lo, hi),) if j is None else (slice(lo, hi), j))
+        return block[idx - lo]
 
     def full(self, dst_layer: int) -> Tensor:
         j = self._slot(dst_layer)

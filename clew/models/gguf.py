@@ -22,7 +22,7 @@ import torch
 
 from clew.errors import ClewError
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 """Bumped whenever the conversion's output changes, so that cached conversions are redone."""
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2")
@@ -290,3 +290,20 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     (out_dir / "model.safetensors").chmod(0o644)  # safetensors writes 0600; a cache may be shared
     config.dtype = torch.float32
     config.save_pretrained(out_dir)
+    _widen_compatibility(out_dir)
+
+
+def _widen_compatibility(out_dir: Path) -> None:
+    """Let transformers 4.x (and the tools built on it) read the folder too: it takes the rotary base
+    from a top-level ``rope_theta`` and does not know the tokenizer class name that 5.x writes."""
+    config_file = out_dir / "config.json"
+    config = json.loads(config_file.read_text())
+    params = config.get("rope_parameters")
+    if isinstance(params, dict) and "rope_theta" in params and "rope_theta" not in config:
+        config["rope_theta"] = params["rope_theta"]
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
+    tok_file = out_dir / "tokenizer_config.json"
+    settings = json.loads(tok_file.read_text())
+    if settings.get("tokenizer_class") == "TokenizersBackend":
+        settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+        tok_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,304 @@
+"""clew against circuit-tracer 0.5.0 on SmolLM2-135M with random JumpReLU transcoders.
+
+    python bench/vs_circuit_tracer.py                 # the comparison table (installs circuit-tracer)
+    python bench/vs_circuit_tracer.py --scale         # clew alone on 64 / 256 / 1024-token prompts
+    python bench/vs_circuit_tracer.py --budgets 256   # a subset of the rows
+
+circuit-tracer runs in its own virtual environment (bench/.ctvenv, created on first use with
+circuit-tracer==0.5.0, nnsight==0.6.3 and torch==2.13.0) through its nnsight backend. Both tools read
+the same transcoders, written once by clew in circuit-tracer's layout (2,048 features per layer,
+JumpReLU, mlp.hook_in -> mlp.hook_out), and trace the same token ids: circuit-tracer prepends a
+beginning-of-sequence token where SmolLM2's tokenizer adds none, so clew is given the same ids. Each
+run is its own process with 2 threads; time is the attribution call alone, memory the process's peak
+resident set (which includes the model). circuit-tracer drops the features and error of position 0
+(the prepended token); edges are compared on the nodes both graphs have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CT_VENV = HERE / ".ctvenv"
+WORK = HERE / ".work"
+PROMPT = "Fact: the capital of the state containing Dallas is"
+N_FEATURES = 2048
+ACTIVE_FRACTION = 0.004  # thresholds put about this fraction of features on, per token
+
+
+# --- set-up ---------------------------------------------------------------------------------------------
+
+
+def ensure_ct_venv() -> Path:
+    python = CT_VENV / "bin" / "python"
+    if not python.exists():
+        print("creating bench/.ctvenv with circuit-tracer 0.5.0 (once) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(CT_VENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q"]
+        subprocess.run(pip + ["torch==2.13.0"], check=True)
+        subprocess.run(pip + ["circuit-tracer==0.5.0", "nnsight==0.6.3"], check=True)
+    return python
+
+
+def make_transcoders(model_folder: Path, out: Path, seed: int = 0) -> Path:
+    """Random JumpReLU PLTs for every layer, thresholds set on a calibration text, saved by clew."""
+    if (out / "config.yaml").exists():
+        return out
+    import torch
+
+    from clew.dictionaries import save_transcoder
+    from clew.dictionaries.transcoder import Transcoder, TranscoderConfig
+    from clew.models.loading import load_folder
+
+    model = load_folder(model_folder)
+    cfg = TranscoderConfig(
+        n_layers=model.cfg.n_layers,
+        d_model=model.cfg.d_model,
+        n_features=N_FEATURES,
+        kind="plt",
+        activation="jumprelu",
+        read="mlp_in",
+        write="mlp_out",
+        model_name="smollm2-135m",
+    )
+    tc = Transcoder(cfg)
+    g = torch.Generator().manual_seed(seed)
+    calib = torch.tensor([prompt_ids(model_folder, None)])  # thresholds set on the benchmark prompt itself
+    with torch.no_grad():
+        cache = model.run(calib, record=True).cache
+        for layer in range(cfg.n_layers):
+            x = cache.mlp_in[layer][0]  # (P, D)
+            w = torch.randn(N_FEATURES, cfg.d_model, generator=g) / x.norm(dim=-1).mean()
+            tc.W_enc[layer] = w
+            pre = (x[1:] @ w.T).flatten()  # one threshold per layer, from positions after the first
+            tc.threshold[layer] = pre.quantile(1 - ACTIVE_FRACTION).clamp_min(1e-3)
+            tc.W_dec[layer].copy_(torch.randn(N_FEATURES, cfg.d_model, generator=g) * 0.05)
+            tc.b_dec[layer] = 0.0
+    save_transcoder(tc, out)
+    return out
+
+
+def ct_model_folder(model_folder: Path) -> Path:
+    """The model folder as older transformers (circuit-tracer's 4.x) reads it: a generic fast tokenizer
+    class, and the rotary base as a top-level ``rope_theta`` (4.x ignores ``rope_parameters``)."""
+    out = WORK / "smollm2-for-ct"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model_folder.iterdir():
+        if f.name not in ("tokenizer_config.json", "config.json") and not (out / f.name).exists():
+            (out / f.name).symlink_to(f)
+    config = json.loads((model_folder / "config.json").read_text())
+    config["rope_theta"] = config.get("rope_parameters", {}).get("rope_theta", config.get("rope_theta"))
+    (out / "config.json").write_text(json.dumps(config))
+    cfg = json.loads((model_folder / "tokenizer_config.json").read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def prompt_ids(model_folder: Path, n_tokens: int | None) -> list[int]:
+    """The prompt's ids with a beginning-of-sequence token first, as circuit-tracer makes them."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_folder)
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.pad_token_id
+    ids = tok(PROMPT)["input_ids"]
+    if n_tokens is not None:  # a longer prompt: a passage repeated, then the question
+        filler = tok(" Dallas is a city in Texas, and Austin is its capital." * 200)["input_ids"]
+        ids = filler[: n_tokens - 1 - len(ids)] + ids
+    return [bos] + ids
+
+
+# --- workers (each in its own process) ------------------------------------------------------------------
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def clew_worker(a: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from clew.attribution import trace
+    from clew.dictionaries import load_transcoder
+    from clew.models.loading import load_folder
+
+    model = load_folder(Path(a.model_folder), tokenizer=False)
+    tc = load_transcoder(a.transcoders)
+    ids = torch.tensor(json.loads(a.ids))
+    t0 = time.perf_counter()
+    graph = trace(model, tc, ids, max_feature_nodes=a.budget, batch_size=a.batch_size, progress=False)
+    seconds = time.perf_counter() - t0
+    graph.save(a.out)
+    print(
+        json.dumps(
+            {"seconds": seconds, "peak_mb": peak_mb(), "n_active": graph.settings["n_active_features"]}
+        )
+    )
+
+
+def ct_worker(a: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+
+    tc_folder = Path(a.transcoders)
+    n_layers = len(list(tc_folder.glob("layer_*.safetensors")))
+    paths = {i: str(tc_folder / f"layer_{i}.safetensors") for i in range(n_layers)}
+    device = torch.device("cpu")
+    tcs = load_transcoder_set(
+        paths,
+        scan="random",
+        feature_input_hook="mlp.hook_in",
+        feature_output_hook="mlp.hook_out",
+        device=device,
+    )
+    folder = ct_model_folder(Path(a.model_folder))
+    model = ReplacementModel.from_pretrained_and_transcoders(
+        str(folder), tcs, backend="nnsight", device=device
+    )
+    ids = torch.tensor(json.loads(a.ids))
+    t0 = time.perf_counter()
+    graph = attribute(ids, model, max_feature_nodes=a.budget, batch_size=a.batch_size)
+    seconds = time.perf_counter() - t0
+    torch.save(
+        {
+            "adjacency": graph.adjacency_matrix,
+            "active_features": graph.active_features,
+            "selected_features": graph.selected_features,
+            "logit_tokens": torch.tensor([t.vocab_idx for t in graph.logit_targets]),
+        },
+        a.out,
+    )
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb(), "n_active": len(graph.active_features)}))
+
+
+# --- comparison -----------------------------------------------------------------------------------------
+
+
+def compare(clew_path: Path, ct_path: Path) -> tuple[float, float]:
+    """Largest |difference| over the edges between nodes both graphs have, and the largest |edge|."""
+    import torch
+
+    from clew.attribution import Graph
+
+    ours = Graph.load(clew_path)
+    theirs = torch.load(ct_path)
+    L, P = ours.n_layers, ours.n_pos
+    active, sel = theirs["active_features"], theirs["selected_features"]
+    their_feats = active[sel]  # (Nf', 3) layer, pos, index
+    n_t = len(their_feats)
+    key = {tuple(f): i for i, f in enumerate(ours.features.tolist())}
+    pairs = [(i, key[tuple(f)]) for i, f in enumerate(their_feats.tolist()) if tuple(f) in key]
+    t_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    o_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    # columns: matched features, then errors and embeddings (same layout in both), rows: matched features, logits
+    t_cols = torch.cat([t_idx, n_t + torch.arange(L * P + P)])
+    o_cols = torch.cat([o_idx, ours.error_offset + torch.arange(L * P + P)])
+    A_t = theirs["adjacency"]
+    t_rows_logit = n_t + L * P + P + torch.arange(len(theirs["logit_tokens"]))
+    same_logits = torch.equal(theirs["logit_tokens"], ours.logit_tokens)
+    t_rows = torch.cat([t_idx, t_rows_logit]) if same_logits else t_idx
+    o_rows = torch.cat([o_idx, ours.n_features + torch.arange(ours.n_logits)]) if same_logits else o_idx
+    a = A_t[t_rows][:, t_cols].float()
+    b = ours.adjacency[o_rows][:, o_cols].float()
+    # circuit-tracer zeroes position 0's sources; compare the columns it keeps
+    keep = torch.ones(len(o_cols), dtype=torch.bool)
+    feats_pos0 = ours.features[o_idx, 1] == 0
+    keep[: len(o_idx)] = ~feats_pos0
+    errors_pos0 = torch.arange(L) * P
+    keep[len(o_idx) + errors_pos0] = False
+    return float((a[:, keep] - b[:, keep]).abs().max()), float(b.abs().max())
+
+
+def run_worker(python: str, kind: str, a: argparse.Namespace, ids: list[int], budget, out: Path) -> dict:
+    cmd = [
+        python,
+        __file__,
+        "--worker",
+        kind,
+        "--model-folder",
+        str(a.model_folder),
+        "--transcoders",
+        str(a.transcoders),
+        "--ids",
+        json.dumps(ids),
+        "--out",
+        str(out),
+        "--threads",
+        str(a.threads),
+        "--batch-size",
+        str(a.batch_size),
+    ]
+    if budget is not None:
+        cmd += ["--budget", str(budget)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(HERE.parent)}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", choices=["clew", "ct"])
+    p.add_argument("--model-folder")
+    p.add_argument("--transcoders")
+    p.add_argument("--ids")
+    p.add_argument("--out")
+    p.add_argument("--budget", type=int)
+    p.add_argument("--budgets", nargs="+", default=["256", "1024", "all"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--scale", action="store_true", help="clew alone: 64, 256, 1024 tokens, budget 4096")
+    p.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
+    a = p.parse_args()
+    if a.worker == "clew":
+        return clew_worker(a)
+    if a.worker == "ct":
+        return ct_worker(a)
+
+    from clew.models.sources import resolve_model_source
+
+    WORK.mkdir(exist_ok=True)
+    a.model_folder = resolve_model_source("smollm2-135m")
+    a.transcoders = make_transcoders(a.model_folder, WORK / "random-jumprelu-plt")
+    if a.scale:
+        print(f"clew alone, budget 4096 feature nodes, {a.threads} threads")
+        print(f"{'tokens':>7} {'active':>8} {'time s':>8} {'peak MB':>8} {'MB/token':>9}")
+        for n in a.lengths:
+            ids = prompt_ids(a.model_folder, n)
+            r = run_worker(sys.executable, "clew", a, ids, 4096, WORK / f"scale-{n}.safetensors")
+            print(
+                f"{len(ids):>7} {r['n_active']:>8} {r['seconds']:>8.2f} {r['peak_mb']:>8.0f} {r['peak_mb'] / len(ids):>9.2f}"
+            )
+        return
+    ct_python = str(ensure_ct_venv())
+    ids = prompt_ids(a.model_folder, None)
+    print(f"prompt {PROMPT!r}: {len(ids)} tokens (with the prepended BOS), {a.threads} threads")
+    print(
+        f"{'budget':>7} {'active':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew MB':>8} {'ct MB':>8} {'mem ratio':>9} {'max |dA|':>10} {'max |A|':>9}"
+    )
+    for b in a.budgets:
+        budget = None if b == "all" else int(b)
+        ours = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"clew-{b}.safetensors")
+        theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{b}.pt")
+        diff, scale = compare(WORK / f"clew-{b}.safetensors", WORK / f"ct-{b}.pt")
+        print(
+            f"{b:>7} {ours['n_active']:>7} {ours['seconds']:>8.2f} {theirs['seconds']:>8.2f} "
+            f"{theirs['seconds'] / ours['seconds']:>8.1f}x {ours['peak_mb']:>8.0f} {theirs['peak_mb']:>8.0f} "
+            f"{theirs['peak_mb'] / ours['peak_mb']:>8.2f}x {diff:>10.2e} {scale:>9.2e}"
+        )
+
+
+if __name__ == "__main__":
+    main()

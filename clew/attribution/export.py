@@ -1,0 +1,487 @@
+"""Graph JSON for the attribution-graph viewers (Neuronpedia's and circuit-tracer's), written and read.
+
+:func:`export_json` prunes a graph and writes ``<slug>.json`` in the viewers' schema (version 1, top-level
+``metadata``, ``qParams``, ``nodes``, ``links``), then adds or replaces the slug's entry in
+``graph-metadata.json`` in the same folder. :func:`import_json` reads such a file, whether written by
+clew, by circuit-tracer or downloaded from Neuronpedia, back into a :class:`Graph`.
+
+Node ids written by clew (``jsNodeId`` is always equal to ``node_id``), and their ``feature`` field:
+
+- feature: ``"{layer}_{index}_{pos}"``, the Cantor pairing of (layer, index);
+- error: ``"{layer}_-1_{pos}"``, -1;
+- embedding: ``"E_{token_id}_{pos}"``, the token id;
+- logit: ``"{n_layers + 1}_{token_id}_{pos}"``, the token id (-1 for a custom direction).
+
+The older error id ``"0_{layer}_{pos}"`` is read but never written: it is the id of the layer-0 feature
+with index ``layer`` at the same position. ``"{layer}_-1_{pos}"`` (what current circuit-tracer writes)
+cannot collide with anything: no feature has index -1, nothing but logits lives at layer
+``n_layers + 1``, and only embedding ids start with ``E``. A logit id that would repeat (the same
+token twice) gets its index among the logits as a suffix, ``_{j}``. On import, kinds come from ``feature_type`` only, never from the
+shape of an id.
+
+Size: floats are rounded to 6 significant digits and the JSON is compact, one node or link a line. Only
+the nodes and edges kept by :func:`prune` at the given thresholds are written.
+
+``influence`` is each node's cumulative influence fraction at its rank (``Pruned.cumulative``); the
+viewers' slider shows the nodes whose value is at most the threshold. Embeddings and logits are always
+kept and get 0.0, so every slider position shows them.
+
+Stale caches: ``metadata.info.content_hash`` (also in the ``graph-metadata.json`` entry) is the first 12
+hex digits of the SHA-256 of the nodes and links as written. A viewer that fetches
+``<slug>.json?v=<content_hash>`` never shows an old graph when a slug is reused.
+
+clew's additions all live inside ``metadata.info``: ``generator``, ``create_time_ms``, ``content_hash``,
+``n_layers``, ``model``, ``dictionary`` and ``scores`` (replacement and completeness of the whole graph
+and of the pruned one, from :func:`scores`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clew.attribution.graph import Graph
+from clew.attribution.prune import Pruned, prune, scores
+from clew.errors import ClewError
+
+SCHEMA_VERSION = 1
+FEATURE_TYPE = {
+    "feature": "cross layer transcoder",
+    "error": "mlp reconstruction error",
+    "embedding": "embedding",
+    "logit": "logit",
+}
+# what import_json accepts: the four above, and the viewers' "unexplored node" (a feature)
+KIND_OF_TYPE = {v: k for k, v in FEATURE_TYPE.items()} | {"unexplored node": "feature"}
+INDEX_FILE = "graph-metadata.json"
+SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+# --- small pieces ---------------------------------------------------------------------------------------
+
+
+def cantor(x: int, y: int) -> int:
+    """Cantor pairing ``(x+y)(x+y+1)/2 + y``: the viewers' ``feature`` of (layer, index)."""
+    return (x + y) * (x + y + 1) // 2 + y
+
+
+def uncantor(z: int) -> tuple[int, int]:
+    """The (x, y) whose Cantor pairing is ``z``."""
+    w = (math.isqrt(8 * z + 1) - 1) // 2
+    y = z - w * (w + 1) // 2
+    return w - y, y
+
+
+def round6(x: float) -> float | None:
+    """``x`` to 6 significant digits; None for NaN and infinities (JSON has no such numbers)."""
+    return float(f"{x:.6g}") if math.isfinite(x) else None
+
+
+def slug_from(text: str, max_len: int = 48) -> str:
+    """A filename-safe slug: lower-case letters, digits and dashes."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].strip("-")
+    return slug or "graph"
+
+
+def top_logit(graph: Graph) -> int:
+    """Index (among the logits) of the most probable logit target; the first one on ties."""
+    return int(torch.argmax(graph.logit_probs)) if graph.n_logits else -1
+
+
+def node_ids(graph: Graph) -> dict[int, str]:
+    """The viewer id of every node (see the module docstring); unique by construction."""
+    P, L = graph.n_pos, graph.n_layers
+    ids: dict[int, str] = {}
+    for i, (layer, pos, index) in enumerate(graph.features.tolist()):
+        ids[i] = f"{layer}_{index}_{pos}"
+    for e in range(L * P):
+        layer, pos = divmod(e, P)
+        ids[graph.error_offset + e] = f"{layer}_-1_{pos}"
+    for pos, tok in enumerate(graph.tokens.tolist()):
+        ids[graph.embed_offset + pos] = f"E_{tok}_{pos}"
+    seen: set[str] = set()
+    for j, tok in enumerate(graph.logit_tokens.tolist()):
+        nid = f"{L + 1}_{tok}_{P - 1}"
+        if nid in seen:
+            nid = f"{nid}_{j}"
+        seen.add(nid)
+        ids[graph.logit_offset + j] = nid
+    return ids
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+
+
+def _nodes(graph: Graph, pruned: Pruned, ids: dict[int, str], labels: dict[int, str]) -> list[dict]:
+    kept = torch.nonzero(pruned.node_mask).squeeze(1).tolist()
+    top = top_logit(graph)
+    out = []
+    for node in kept:
+        kind = graph.kind(node)
+        layer, pos = graph.layer_pos(node)
+        rec: dict[str, Any] = {"node_id": ids[node]}
+        influence, activation, prob, clerp = 0.0, None, 0.0, labels.get(node, "")
+        if kind == "feature":
+            index = int(graph.features[node, 2])
+            rec |= {"feature": cantor(layer, index), "layer": str(layer)}
+            influence = round6(float(pruned.cumulative[node]))
+            activation = round6(float(graph.activations[node]))
+        elif kind == "error":
+            rec |= {"feature": -1, "layer": str(layer)}
+            influence = round6(float(pruned.cumulative[node]))
+            if graph.error_norms is not None:
+                activation = round6(float(graph.error_norms[layer, pos]))
+        elif kind == "embedding":
+            rec |= {"feature": int(graph.tokens[pos]), "layer": "E"}
+        else:
+            j = node - graph.logit_offset
+            prob = float(graph.logit_probs[j])
+            rec |= {"feature": int(graph.logit_tokens[j]), "layer": str(graph.n_layers + 1)}
+            clerp = f'Output "{labels.get(node, graph.logit_labels[j])}" (p={prob:.3f})'
+        rec |= {
+            "ctx_idx": pos,
+            "feature_type": FEATURE_TYPE[kind],
+            "jsNodeId": ids[node],
+            "clerp": clerp,
+            "influence": influence,
+            "activation": activation,
+            "token_prob": round6(prob),
+            "is_target_logit": kind == "logit" and node - graph.logit_offset == top,
+        }
+        out.append(rec)
+    return out
+
+
+def _links(graph: Graph, pruned: Pruned, ids: dict[int, str]) -> list[str]:
+    """Each kept edge as a compact JSON object, source -> target, with its raw weight."""
+    rows, cols = torch.nonzero(pruned.edge_mask, as_tuple=True)
+    targets = graph.row_nodes()[rows].tolist()
+    weights = graph.adjacency[rows, cols].float().tolist()
+    out = []
+    for t, s, w in zip(targets, cols.tolist(), weights):
+        if s in ids and t in ids and round6(w) is not None:
+            out.append(f'{{"source":"{ids[s]}","target":"{ids[t]}","weight":{round6(w)!r}}}')
+    return out
+
+
+def export_json(
+    graph: Graph,
+    out_dir: str | Path,
+    slug: str | None = None,
+    *,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    model_id: str | None = None,
+    transcoder_list: list[str] | None = None,
+    feature_json_base_url: str | None = None,
+    labels: dict[int, str] | None = None,
+) -> Path:
+    """Prune ``graph`` and write ``out_dir/<slug>.json`` for the viewers; update ``graph-metadata.json``.
+
+    ``labels`` maps node indices to display labels (``clerp``); ``model_id`` is the viewers' ``scan``
+    (default: the graph's model name). Returns the path of the graph file.
+    """
+    from clew import __version__
+
+    out_dir = Path(out_dir)
+    prompt = graph.prompt or "".join(graph.token_strings)
+    if slug is None:
+        slug = slug_from(prompt)
+    elif not SLUG_RE.match(slug):
+        raise ClewError(f"slug {slug!r}: use letters, digits, '.', '_' and '-' only (at most 128)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ClewError(f"{out_dir}: not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    pruned = prune(graph, node_threshold, edge_threshold)
+    ids = {n: i for n, i in node_ids(graph).items() if pruned.node_mask[n]}
+    nodes = [
+        json.dumps(n, ensure_ascii=False, separators=(",", ":"))
+        for n in _nodes(graph, pruned, ids, labels or {})
+    ]
+    links = _links(graph, pruned, ids)
+    body = '"nodes":[\n' + ",\n".join(nodes) + '\n],\n"links":[\n' + ",\n".join(links) + "\n]"
+    content_hash = hashlib.sha256(body.encode("utf-8")).hexdigest()[:12]
+
+    whole, sub = scores(graph), scores(graph, keep=pruned.node_mask)
+    scan = model_id or graph.model_name or "unknown"
+    created = int(time.time() * 1000)
+    metadata: dict[str, Any] = {
+        "slug": slug,
+        "scan": scan,
+        "prompt": prompt,
+        "prompt_tokens": list(graph.token_strings),
+        "node_threshold": node_threshold,
+        "schema_version": SCHEMA_VERSION,
+        "transcoder_list": list(transcoder_list or []),
+    }
+    if feature_json_base_url:
+        metadata["feature_details"] = {"feature_json_base_url": feature_json_base_url}
+    metadata["info"] = {
+        "description": f"attribution graph of {len(graph.token_strings)} tokens by clew",
+        "generator": {"name": "clew", "version": __version__},
+        "create_time_ms": created,
+        "content_hash": content_hash,
+        "n_layers": graph.n_layers,
+        "model": graph.model_name,
+        "dictionary": graph.dictionary_name,
+        "scores": {
+            "replacement": round6(whole.replacement),
+            "completeness": round6(whole.completeness),
+            "pruned_replacement": round6(sub.replacement),
+            "pruned_completeness": round6(sub.completeness),
+        },
+    }
+    metadata["generation_settings"] = _jsonable(graph.settings)
+    metadata["pruning_settings"] = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
+    q_params = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+
+    head = (
+        '{"metadata":'
+        + json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+        + ',\n"qParams":'
+        + json.dumps(q_params, separators=(",", ":"))
+        + ",\n"
+    )
+    path = out_dir / f"{slug}.json"
+    _write_atomic(path, head + body + "}\n")
+    entry = {k: metadata[k] for k in ("slug", "scan", "prompt", "prompt_tokens", "node_threshold")}
+    entry |= {"schema_version": SCHEMA_VERSION, "content_hash": content_hash, "create_time_ms": created}
+    _update_index(out_dir / INDEX_FILE, entry)
+    return path
+
+
+def _update_index(path: Path, entry: dict[str, Any]) -> None:
+    """Add ``entry`` to the ``graphs`` list of ``graph-metadata.json``, replacing one with the same slug."""
+    data: dict[str, Any] = {"graphs": []}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ClewError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("graphs"), list):
+            raise ClewError(f"{path}: field 'graphs' is missing or not a list")
+    graphs = data["graphs"]
+    same = [i for i, g in enumerate(graphs) if isinstance(g, dict) and g.get("slug") == entry["slug"]]
+    if same:
+        graphs[same[0]] = entry
+        data["graphs"] = [g for i, g in enumerate(graphs) if i not in same[1:]]
+    else:
+        graphs.append(entry)
+    _write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+
+def _int(value: Any) -> int | None:
+    """An int from an int or an integer string, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    return None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _feature_index(node: dict, layer: int, pos: int) -> int:
+    """The dictionary index of a feature node: from ``"{layer}_{index}_{pos}"`` when the id has that
+    form and agrees with the fields, else by undoing the Cantor pairing of ``feature``, else ``feature``."""
+    m = re.fullmatch(r"(-?\d+)_(\d+)_(-?\d+)", node["node_id"])
+    if m and int(m[1]) == layer and int(m[3]) == pos:
+        return int(m[2])
+    feature = _int(node.get("feature"))
+    if feature is None:
+        raise ClewError("field 'feature' is missing or not an integer")
+    if feature >= 0 and uncantor(feature)[0] == layer:
+        return uncantor(feature)[1]
+    return feature
+
+
+def _logit_label(clerp: str, token: int) -> str:
+    m = re.match(r'^Output "(.*)" \(p=', clerp, re.S)
+    if m:
+        return m[1]
+    return clerp.split("(p=")[0].strip() or str(token)
+
+
+def _logit_prob(node: dict) -> float:
+    prob = _number(node.get("token_prob"))
+    if prob is None or (prob == 0.0 and "(p=" in str(node.get("clerp") or "")):
+        m = re.search(r"\(p=([-+0-9.eE]+)\)", str(node.get("clerp") or ""))
+        prob = float(m[1]) if m else 0.0
+    return prob
+
+
+def import_json(path: str | Path) -> Graph:
+    """Read a viewer graph JSON (clew's, circuit-tracer's or Neuronpedia's) into a :class:`Graph`.
+
+    The adjacency holds the file's links (rows the features then the logits, as in every graph); edges
+    the file does not have are zero, and every (layer, position) gets an error node whether or not
+    the file lists it. ``settings`` keep the file's generation settings and, under ``imported``, where
+    the graph came from.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClewError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ClewError(f"{path}: not a JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise ClewError(f"{path}: the top level is not an object")
+    for key, kind in (("metadata", dict), ("nodes", list), ("links", list)):
+        if not isinstance(data.get(key), kind):
+            raise ClewError(
+                f"{path}: field '{key}' is missing or not a{'n object' if kind is dict else ' list'}"
+            )
+    meta = data["metadata"]
+    tokens_text = meta.get("prompt_tokens")
+    if not isinstance(tokens_text, list) or not all(isinstance(t, str) for t in tokens_text):
+        raise ClewError(f"{path}: field 'metadata.prompt_tokens' is missing or not a list of strings")
+    P = len(tokens_text)
+    info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
+
+    parsed = []  # (position in file, kind, layer, pos, extra, node)
+    for i, node in enumerate(data["nodes"]):
+        where = f"{path}: nodes[{i}]"
+        if not isinstance(node, dict) or not isinstance(node.get("node_id"), str):
+            raise ClewError(f"{where}: field 'node_id' is missing or not a string")
+        kind = KIND_OF_TYPE.get(node.get("feature_type"))  # type: ignore[arg-type]
+        if kind is None:
+            raise ClewError(
+                f"{where}: field 'feature_type' is {node.get('feature_type')!r}, not one clew reads"
+            )
+        pos = _int(node.get("ctx_idx"))
+        if pos is None or not 0 <= pos < P:
+            raise ClewError(f"{where}: field 'ctx_idx' is {node.get('ctx_idx')!r}, not a position below {P}")
+        layer = _int(node.get("layer"))
+        if kind in ("feature", "error") and (layer is None or layer < 0):
+            raise ClewError(f"{where}: field 'layer' is {node.get('layer')!r}, not a layer number")
+        extra: Any = None
+        if kind == "feature":
+            try:
+                extra = _feature_index(node, layer, pos)  # type: ignore[arg-type]
+            except ClewError as err:
+                raise ClewError(f"{where}: {err}") from None
+        elif kind == "embedding":
+            m = re.fullmatch(r"E_(-?\d+)_(\d+)", node["node_id"])
+            extra = int(m[1]) if m else -1
+        elif kind == "logit":
+            token = _int(node.get("feature"))
+            extra = -1 if token is None else token
+        parsed.append((i, kind, layer, pos, extra, node))
+
+    ids = [p[5]["node_id"] for p in parsed]
+    if len(set(ids)) != len(ids):
+        dup = next(x for x in ids if ids.count(x) > 1)
+        raise ClewError(f"{path}: field 'node_id' {dup!r} appears on more than one node")
+
+    layers = [p[2] for p in parsed if p[1] in ("feature", "error")]
+    logit_layers = [p[2] - 1 for p in parsed if p[1] == "logit" and p[2] is not None]
+    L = _int(info.get("n_layers"))
+    if L is None:
+        L = max([x + 1 for x in layers] + logit_layers + [0])
+    if layers and max(layers) >= L:
+        raise ClewError(f"{path}: field 'metadata.info.n_layers' is {L}, but a node has layer {max(layers)}")
+
+    features = sorted((p for p in parsed if p[1] == "feature"), key=lambda p: (p[2], p[3], p[4]))
+    logits = [p for p in parsed if p[1] == "logit"]
+    Nf, T = len(features), len(logits)
+    keys = [(p[2], p[3], p[4]) for p in features]
+    if len(set(keys)) != len(keys):
+        raise ClewError(
+            f"{path}: nodes: the feature {next(k for k in keys if keys.count(k) > 1)} appears twice"
+        )
+    embed_offset = Nf + L * P
+    logit_offset = embed_offset + P
+    index: dict[str, int] = {}
+    tokens = torch.full((P,), -1, dtype=torch.long)
+    error_norms = torch.zeros(L, P)
+    has_norms = False
+    for n, p in enumerate(features):
+        index[p[5]["node_id"]] = n
+    for _, kind, layer, pos, extra, node in parsed:
+        if kind == "error":
+            index[node["node_id"]] = Nf + layer * P + pos
+            act = _number(node.get("activation"))
+            if act is not None:
+                error_norms[layer, pos], has_norms = act, True
+        elif kind == "embedding":
+            index[node["node_id"]] = embed_offset + pos
+            tokens[pos] = extra
+    for j, p in enumerate(logits):
+        index[p[5]["node_id"]] = logit_offset + j
+    if len(set(index.values())) != len(index):
+        raise ClewError(f"{path}: nodes: two nodes share the same kind, layer and position")
+
+    row_of = {n: n for n in range(Nf)} | {logit_offset + j: Nf + j for j in range(T)}
+    rows, cols, weights = [], [], []
+    for i, link in enumerate(data["links"]):
+        if not isinstance(link, dict):
+            raise ClewError(f"{path}: links[{i}] is not an object")
+        for end in ("source", "target"):
+            if link.get(end) not in index:
+                raise ClewError(f"{path}: links[{i}].{end} {link.get(end)!r} is not the node_id of a node")
+        weight = _number(link.get("weight"))
+        if weight is None:
+            raise ClewError(f"{path}: links[{i}].weight is {link.get('weight')!r}, not a number")
+        target = index[link["target"]]
+        if target not in row_of:
+            raise ClewError(f"{path}: links[{i}].target {link['target']!r} is not a feature or logit node")
+        rows.append(row_of[target])
+        cols.append(index[link["source"]])
+        weights.append(weight)
+    adjacency = torch.zeros(Nf + T, logit_offset + T)
+    if rows:
+        adjacency[torch.tensor(rows), torch.tensor(cols)] = torch.tensor(weights)
+
+    settings = dict(meta.get("generation_settings") or {})
+    settings["imported"] = {
+        "path": str(path),
+        "slug": meta.get("slug"),
+        "generator": info.get("generator"),
+        "pruning_settings": meta.get("pruning_settings"),
+        "node_threshold": meta.get("node_threshold"),
+        "schema_version": meta.get("schema_version"),
+    }
+    transcoders = meta.get("transcoder_list") if isinstance(meta.get("transcoder_list"), list) else []
+    return Graph(
+        prompt=meta.get("prompt") if isinstance(meta.get("prompt"), str) else "".join(tokens_text),
+        tokens=tokens,
+        token_strings=list(tokens_text),
+        n_layers=L,
+        features=torch.tensor([list(k) for k in keys], dtype=torch.long).reshape(Nf, 3),
+        activations=torch.tensor([_number(p[5].get("activation")) or 0.0 for p in features]),
+        logit_tokens=torch.tensor([p[4] for p in logits], dtype=torch.long),
+        logit_probs=torch.tensor([_logit_prob(p[5]) for p in logits]),
+        logit_labels=[_logit_label(str(p[5].get("clerp") or ""), p[4]) for p in logits],
+        adjacency=adjacency,
+        model_name=str(meta.get("scan") or ""),
+        dictionary_name=str(info.get("dictionary") or info.get("transcoder_set") or "-".join(transcoders)),
+        settings=settings,
+        error_norms=error_norms if has_norms else None,
+    )

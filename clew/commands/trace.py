@@ -1,0 +1,139 @@
+"""``clew trace``: one prompt to an attribution graph, saved whole and exported for the viewers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  clew trace "The capital of the state containing Dallas is" --model organism
+  clew trace "Fact: the capital of France is" --model smollm2-135m --dictionary ./tc --max-feature-nodes 1024
+  clew trace "The opposite of small is" --model organism --contrast " large" " big" --verify 64
+
+writes DIR/<slug>.safetensors (the whole graph: clew.Graph.load reads it), DIR/<slug>.json and
+DIR/graph-metadata.json (the viewers' format, pruned at --node-threshold / --edge-threshold)."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "trace",
+        help="compute the attribution graph of a prompt",
+        description="Compute the attribution graph of a prompt: which features, through which edges, "
+        "made the model predict what it predicted. Every edge is the exact direct effect of its source "
+        "on its target in the model with frozen attention and normalisation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "prompt", help="the text to trace (the family's beginning-of-sequence token is added as usual)"
+    )
+    p.add_argument(
+        "--model", "-m", required=True, help="a local folder, a .gguf file, a hub id or a built-in name"
+    )
+    p.add_argument(
+        "--dictionary", "-d", help="the transcoders (any layout clew reads); default: the model's own"
+    )
+    p.add_argument("--out", "-o", default="graphs", help="output folder (default: %(default)s)")
+    p.add_argument("--slug", help="the graph's name in file names and viewers (default: from the prompt)")
+    p.add_argument("--target", action="append", metavar="TOKEN", help="a token to explain (repeatable)")
+    p.add_argument("--contrast", nargs=2, metavar=("A", "B"), help="explain the logit difference A - B")
+    p.add_argument("--max-n-logits", type=int, default=10, help="most logit targets (default: %(default)s)")
+    p.add_argument(
+        "--desired-logit-prob",
+        type=float,
+        default=0.95,
+        help="take top tokens until their probabilities sum to this (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-feature-nodes",
+        type=int,
+        help="budget of feature rows, the most influential first (default: every active feature)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="targets per backward pass (default: %(default)s)"
+    )
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="attribution precision"
+    )
+    p.add_argument(
+        "--node-threshold", type=float, default=0.8, help="pruning: influence kept (default: %(default)s)"
+    )
+    p.add_argument(
+        "--edge-threshold", type=float, default=0.98, help="pruning: edge score kept (default: %(default)s)"
+    )
+    p.add_argument(
+        "--verify", type=int, default=0, metavar="N", help="check N random sources' edges by perturbation"
+    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from clew.attribution import prune, scores, trace
+    from clew.attribution.export import export_json
+    from clew.errors import ClewError
+    from clew.resolve import load_model_and_dictionary
+
+    if not 0 < args.desired_logit_prob <= 1:
+        raise ClewError(f"--desired-logit-prob must be in (0, 1], got {args.desired_logit_prob}")
+    if args.max_feature_nodes is not None and args.max_feature_nodes < 1:
+        raise ClewError(f"--max-feature-nodes must be positive, got {args.max_feature_nodes}")
+    model, dictionary = load_model_and_dictionary(args.model, args.dictionary, device=args.device)
+    graph = trace(
+        model,
+        dictionary,
+        args.prompt,
+        targets=args.target,
+        contrast=tuple(args.contrast) if args.contrast else None,
+        max_n_logits=args.max_n_logits,
+        desired_logit_prob=args.desired_logit_prob,
+        max_feature_nodes=args.max_feature_nodes,
+        batch_size=args.batch_size,
+        dtype=getattr(torch, args.dtype),
+        progress=not args.quiet,
+    )
+    out = Path(args.out)
+    slug = args.slug or slugify(args.prompt)
+    graph.save(out / f"{slug}.safetensors")
+    json_path = export_json(
+        graph, out, slug, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold
+    )
+    pruned = prune(graph, args.node_threshold, args.edge_threshold)
+    full, kept = scores(graph), scores(graph, keep=pruned.node_mask)
+    print(report(graph, full, kept, pruned))
+    if args.verify:
+        from clew.attribution.verify import check_graph
+
+        check = check_graph(model, dictionary, graph, max_sources=args.verify)
+        print(
+            f"verified {check.n_sources} sources x {check.n_targets} targets by perturbation: "
+            f"largest edge error {check.max_edge_error:.1e} (relative to the largest edge)"
+        )
+    print(f"wrote {out / (slug + '.safetensors')}, {json_path}, {out / 'graph-metadata.json'}")
+    return 0
+
+
+def slugify(text: str, limit: int = 48) -> str:
+    keep = "".join(c.lower() if c.isalnum() else "-" for c in text.strip())
+    slug = "-".join(part for part in keep.split("-") if part)[:limit].strip("-")
+    return slug or "graph"
+
+
+def report(graph, full, kept, pruned) -> str:
+    """The top predictions, the graph's size and scores, as printed by ``clew trace``."""
+    lines = [f"prompt: {graph.prompt!r} ({graph.n_pos} tokens)", "top predictions:"]
+    for label, prob in zip(graph.logit_labels, graph.logit_probs.tolist()):
+        lines.append(f"  {label!r:>16}  p={prob:.3f}")
+    n_kept = int(pruned.node_mask[: graph.n_features].sum())
+    lines += [
+        f"features: {graph.settings.get('n_active_features')} active, {graph.n_features} traced, "
+        f"{n_kept} kept after pruning; {int(pruned.edge_mask.sum())} edges kept "
+        f"({graph.settings.get('seconds', 0):.2f} s)",
+        f"scores: replacement {full.replacement:.3f}, completeness {full.completeness:.3f} "
+        f"(pruned graph: {kept.replacement:.3f}, {kept.completeness:.3f})",
+    ]
+    return "\n".join(lines)
