@@ -56,6 +56,8 @@ class Engine:
         if tokens.dim() == 1:
             tokens = tokens[None]
         self.model, self.tc, self.dtype = model, transcoder, dtype
+        self.device = model.embed.weight.device
+        tokens = tokens.to(self.device)
         cfg = model.cfg
         self.n_layers, self.n_pos, self.d_model = cfg.n_layers, tokens.shape[1], cfg.d_model
         tc_cfg = transcoder.cfg
@@ -136,12 +138,12 @@ class Engine:
         """For each write layer, the padded (P, S, D) block of source vectors written there."""
         L, P, D = self.n_layers, self.n_pos, self.d_model
         self.sources: list[_WriteSources] = []
-        feature_columns = torch.arange(self.n_features)
+        feature_columns = torch.arange(self.n_features, device=self.device)
         for dst in range(L):
             vecs, cols, pos = (
                 [self.errors[dst]],
-                [self.error_offset + dst * P + torch.arange(P)],
-                [torch.arange(P)],
+                [self.error_offset + dst * P + torch.arange(P, device=self.device)],
+                [torch.arange(P, device=self.device)],
             )
             src_layers = range(dst + 1) if self.cross_layer else [dst]
             for src in src_layers:
@@ -157,10 +159,12 @@ class Engine:
             v, c, p = v[order], c[order], p[order]
             counts = torch.bincount(p, minlength=P)
             width = int(counts.max())
-            slot = torch.arange(len(p)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-            padded = torch.zeros(P, width, D, dtype=self.dtype)
+            slot = torch.arange(len(p), device=self.device) - torch.repeat_interleave(
+                torch.cumsum(counts, 0) - counts, counts
+            )
+            padded = torch.zeros(P, width, D, dtype=self.dtype, device=self.device)
             padded[p, slot] = v.to(self.dtype)
-            columns = torch.full((P, width), -1, dtype=torch.long)
+            columns = torch.full((P, width), -1, dtype=torch.long, device=self.device)
             columns[p, slot] = c
             self.sources.append(_WriteSources(padded, columns))
 
@@ -180,7 +184,7 @@ class Engine:
     def feature_targets(self, features: Tensor) -> Targets:
         """Targets for the pre-activations of the given active features (indices into the feature table)."""
         layer, pos, index = self.feat_layer[features], self.feat_pos[features], self.feat_index[features]
-        vectors = torch.empty(len(features), self.d_model)
+        vectors = torch.empty(len(features), self.d_model, device=self.device)
         for l in layer.unique().tolist():
             sel = layer == l
             enc = self.tc.encoder_vectors(l, index[sel]).float()  # (n, D)
@@ -196,7 +200,10 @@ class Engine:
         scale = self._scale("final")[pos].expand(len(directions), 1)
         vectors = self._norm_transpose(self.model.ln_final, scale, directions.float())
         n = len(directions)
-        return Targets(torch.full((n,), self.n_layers), torch.full((n,), pos), vectors)
+        full = dict(size=(n,), device=self.device)
+        return Targets(
+            torch.full(fill_value=self.n_layers, **full), torch.full(fill_value=pos, **full), vectors
+        )
 
     def logit_directions(self, token_ids: Tensor) -> Tensor:
         """(T, D) ``W_U[token] - mean over the vocabulary of W_U``."""
@@ -218,7 +225,7 @@ class Engine:
             n_chunks = max(1, min(8, B // 32))
             if n_chunks == 1:
                 return self._rows(targets)
-            out = torch.empty(B, self.n_columns, dtype=self.dtype)
+            out = torch.empty(B, self.n_columns, dtype=self.dtype, device=self.device)
             for chunk in torch.argsort(targets.pos).chunk(n_chunks):
                 out[chunk] = self._rows(
                     Targets(targets.layer[chunk], targets.pos[chunk], targets.vectors[chunk])
@@ -229,9 +236,9 @@ class Engine:
         L, D, dt = self.n_layers, self.d_model, self.dtype
         B = len(targets)
         P = int(targets.pos.max()) + 1  # nothing after the last target position matters
-        rows = torch.zeros(B, self.n_columns, dtype=dt)
-        grad = torch.zeros(P, B, D, dtype=dt)
-        batch = torch.arange(B)
+        rows = torch.zeros(B, self.n_columns, dtype=dt, device=self.device)
+        grad = torch.zeros(P, B, D, dtype=dt, device=self.device)
+        batch = torch.arange(B, device=self.device)
         top = int(targets.layer.max())
         at_top = targets.layer == top
         grad[targets.pos[at_top], batch[at_top]] = targets.vectors[at_top].to(dt)
@@ -264,7 +271,7 @@ class Engine:
                 if norm is not None:
                     w[name] = (norm.weight.float() + norm.offset).to(dt)
             if self.tc.cfg.skip:
-                eye = torch.eye(cfg.d_model, dtype=torch.float32)
+                eye = torch.eye(cfg.d_model, dtype=torch.float32, device=self.device)
                 w["skip_t"] = self.tc.skip_term(layer, eye).to(dt)  # (D, D) = W_skip^T
             self._prepared[layer] = w
         return self._prepared[layer]

@@ -27,7 +27,7 @@ def row_sums(rows: Tensor) -> Tensor:
 
 def propagate(rows: Tensor, sums: Tensor, x: Tensor) -> Tensor:
     """(n_nodes,) ``x @ normalised(rows)`` for a weight x (R,) on the rows."""
-    out = torch.zeros(rows.shape[1], dtype=torch.float32)
+    out = torch.zeros(rows.shape[1], dtype=torch.float32, device=rows.device)
     w = x / sums
     for i in range(0, len(rows), CHUNK):
         out += w[i : i + CHUNK] @ rows[i : i + CHUNK].abs().float()
@@ -45,9 +45,9 @@ def influence(rows: Tensor, row_nodes: Tensor, start: Tensor, max_steps: int = 1
     """
     sums = row_sums(rows)
     has = row_nodes >= 0
-    among = torch.zeros(len(rows), len(rows))
+    among = torch.zeros(len(rows), len(rows), device=rows.device)
     among[:, has] = rows[:, row_nodes[has]].abs().float() / sums[:, None]  # (R, R)
-    x, acc = start.float(), torch.zeros(len(rows))
+    x, acc = start.float(), torch.zeros(len(rows), device=rows.device)
     for _ in range(max_steps):
         if float(x.abs().sum()) < 1e-12:
             break

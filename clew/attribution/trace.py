@@ -83,10 +83,10 @@ def choose_targets(
 ) -> list[LogitTarget]:
     probs = torch.softmax(engine.logits[-1].float(), -1)  # (V,)
     if direction is not None:
-        return [LogitTarget("direction", direction.float(), 1.0)]
+        return [LogitTarget("direction", direction.float().to(engine.device), 1.0)]
     if contrast is not None:
         a, b = token_id(model, contrast[0]), token_id(model, contrast[1])
-        dirs = engine.logit_directions(torch.tensor([a, b]))
+        dirs = engine.logit_directions(torch.tensor([a, b], device=engine.device))
         label = f"{_label(model, a)} - {_label(model, b)}"
         return [LogitTarget(label, dirs[0] - dirs[1], 1.0, a)]
     if targets:
@@ -96,7 +96,7 @@ def choose_targets(
         cum = top.values.cumsum(0)
         n = int((cum < desired_logit_prob).sum()) + 1
         ids = top.indices[: min(n, max_n_logits)].tolist()
-    dirs = engine.logit_directions(torch.tensor(ids))
+    dirs = engine.logit_directions(torch.tensor(ids, device=engine.device))
     return [LogitTarget(_label(model, i), dirs[k], float(probs[i]), i) for k, i in enumerate(ids)]
 
 
@@ -135,15 +135,16 @@ def trace(
     T = len(chosen)
     N = engine.n_features
     budget = N if max_feature_nodes is None else min(max_feature_nodes, N)
-    rows = torch.zeros(T + budget, engine.n_columns, dtype=dtype)  # logit rows, then feature rows
+    dev = engine.device
+    rows = torch.zeros(T + budget, engine.n_columns, dtype=dtype, device=dev)  # logit rows, then feature rows
     rows[:T] = engine.rows(logit_targets)
-    visited = torch.zeros(N, dtype=torch.bool)
+    visited = torch.zeros(N, dtype=torch.bool, device=dev)
     order: list[Tensor] = []
     done = 0
     bar = tqdm(total=budget, desc="attribution", unit="feature", disable=not progress, leave=False)
     while done < budget:
         if budget == N:  # every feature gets a row: take them in (layer, position) order
-            batch = torch.arange(done, min(done + batch_size, N))
+            batch = torch.arange(done, min(done + batch_size, N), device=dev)
         else:
             batch = _most_influential(engine, rows[: T + done], chosen, order, visited)
             batch = batch[: min(batch_size, budget - done)]
@@ -153,7 +154,7 @@ def trace(
         done += len(batch)
         bar.update(len(batch))
     bar.close()
-    selected = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
+    selected = torch.cat(order) if order else torch.zeros(0, dtype=torch.long, device=dev)
     graph = _assemble(
         engine, model, transcoder, prompt, tokens, strings, chosen, selected, rows[T:], rows[:T]
     )
@@ -176,9 +177,12 @@ def _most_influential(
     """Unvisited features by descending influence on the logits through the rows computed so far
     (``rows``: the logit rows, then the visited features' rows in visiting order)."""
     T = len(chosen)
-    done = torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
-    row_nodes = torch.cat([torch.full((T,), -1), done])  # logits are never a column
-    start = torch.cat([torch.tensor([t.prob for t in chosen]), torch.zeros(len(done))])
+    dev = engine.device
+    done = torch.cat(order) if order else torch.zeros(0, dtype=torch.long, device=dev)
+    row_nodes = torch.cat([torch.full((T,), -1, device=dev), done])  # logits are never a column
+    start = torch.cat(
+        [torch.tensor([t.prob for t in chosen], device=dev), torch.zeros(len(done), device=dev)]
+    )
     inf = influence(rows, row_nodes, start)[: engine.n_features]
     inf[visited] = -1.0
     return torch.argsort(inf, descending=True)[: int((~visited).sum())]
@@ -194,21 +198,22 @@ def _assemble(
     selected = selected[perm]
     Nf, L, P, T = len(selected), engine.n_layers, engine.n_pos, len(chosen)
     n_nodes = Nf + L * P + P + T
-    columns = torch.cat([selected, engine.error_offset + torch.arange(L * P + P)])
-    adjacency = torch.zeros(Nf + T, n_nodes, dtype=feature_rows.dtype)
+    columns = torch.cat([selected, engine.error_offset + torch.arange(L * P + P, device=selected.device)])
+    adjacency = torch.zeros(Nf + T, n_nodes, dtype=feature_rows.dtype)  # the graph lives in host memory
     for i in range(0, Nf, 1024):  # in chunks, so that no second copy of all rows is ever made
-        adjacency[i : min(i + 1024, Nf), : Nf + L * P + P] = feature_rows[perm[i : i + 1024]][:, columns]
-    adjacency[Nf:, : Nf + L * P + P] = logit_rows[:, columns]
+        chunk = feature_rows[perm[i : i + 1024]][:, columns]
+        adjacency[i : min(i + 1024, Nf), : Nf + L * P + P] = chunk.cpu()
+    adjacency[Nf:, : Nf + L * P + P] = logit_rows[:, columns].cpu()
     features = torch.stack(
         [engine.feat_layer[selected], engine.feat_pos[selected], engine.feat_index[selected]], 1
-    )
+    ).cpu()
     return Graph(
         prompt=prompt if isinstance(prompt, str) else "",
         tokens=tokens.cpu(),
         token_strings=strings,
         n_layers=L,
         features=features,
-        activations=engine.feat_act[selected].float(),
+        activations=engine.feat_act[selected].float().cpu(),
         logit_tokens=torch.tensor([t.token for t in chosen]),
         logit_probs=torch.tensor([t.prob for t in chosen]),
         logit_labels=[t.label for t in chosen],
@@ -216,6 +221,6 @@ def _assemble(
         model_name=getattr(model, "name", ""),
         dictionary_name=getattr(transcoder, "name", ""),
         settings={},
-        error_norms=engine.errors.norm(dim=-1).float(),
-        logit_vectors=torch.stack([t.vector for t in chosen]).float(),
+        error_norms=engine.errors.norm(dim=-1).float().cpu(),
+        logit_vectors=torch.stack([t.vector for t in chosen]).float().cpu(),
     )

@@ -74,7 +74,7 @@ def frozen_target_values(
     feature_values = (
         torch.stack([replacement.pre[int(l)][:, int(p), int(i)] for l, p, i in zip(layer, pos, index)], 1)
         if len(features)
-        else torch.zeros(B, 0)
+        else torch.zeros(B, 0, device=engine.device)
     )
     return torch.cat([feature_values, values[0]], 1)
 
@@ -98,8 +98,9 @@ def check_rows(
     ``complete`` (the rows hold every source), also check that edges plus biases give each value."""
     L, P, D = engine.n_layers, engine.n_pos, engine.d_model
     B = len(columns)
-    embed_extra = torch.zeros(B, P, D)
-    write_extra = {layer: torch.zeros(B, P, D) for layer in range(L)}
+    dev = engine.device
+    embed_extra = torch.zeros(B, P, D, device=dev)
+    write_extra = {layer: torch.zeros(B, P, D, device=dev) for layer in range(L)}
     for b, col in enumerate(columns.tolist()):
         if col >= engine.embed_offset:
             p = col - engine.embed_offset
@@ -117,7 +118,7 @@ def check_rows(
             dsts = range(src, L) if engine.cross_layer else [src]
             for dst in dsts:
                 write_extra[dst][b, p] += (
-                    a * engine.tc.decoder_vectors(src, torch.tensor([i]), dst)[0].float()
+                    a * engine.tc.decoder_vectors(src, torch.tensor([i], device=dev), dst)[0].float()
                 )
     clean = frozen_target_values(engine, features, directions)  # (1, n)
     perturbed = frozen_target_values(engine, features, directions, embed_extra, write_extra)  # (B, n)
@@ -138,27 +139,24 @@ def check_rows(
 def check_graph(model, transcoder, graph: Graph, max_sources: int | None = 256, seed: int = 0) -> Check:
     """Re-run the prompt and check the graph's edges against perturbations of (a sample of) its sources."""
     engine = Engine(model, transcoder, graph.tokens.to(model.embed.weight.device))
+    dev = engine.device
     # map the graph's feature nodes to the engine's feature table
-    key = lambda l, p, i: (int(l), int(p), int(i))  # noqa: E731
-    table = {
-        key(l, p, i): n
-        for n, (l, p, i) in enumerate(zip(engine.feat_layer, engine.feat_pos, engine.feat_index))
-    }
-    features = torch.tensor([table[key(*f)] for f in graph.features.tolist()], dtype=torch.long)
+    table_rows = torch.stack([engine.feat_layer, engine.feat_pos, engine.feat_index], 1).tolist()
+    table = {tuple(f): n for n, f in enumerate(table_rows)}
+    features = torch.tensor([table[tuple(f)] for f in graph.features.tolist()], dtype=torch.long, device=dev)
     directions = (
-        graph.logit_vectors
+        graph.logit_vectors.to(dev)
         if graph.logit_vectors is not None
-        else engine.logit_directions(graph.logit_tokens)
+        else engine.logit_directions(graph.logit_tokens.to(dev))
     )
     # the graph's columns in engine numbering
-    graph_cols = torch.cat(
-        [features, engine.error_offset + torch.arange(engine.n_layers * engine.n_pos + engine.n_pos)]
-    )
+    n_other = engine.n_layers * engine.n_pos + engine.n_pos
+    graph_cols = torch.cat([features, engine.error_offset + torch.arange(n_other, device=dev)])
     n_src = len(graph_cols)
     pick = torch.arange(n_src)
     if max_sources is not None and n_src > max_sources:
         pick = torch.randperm(n_src, generator=torch.Generator().manual_seed(seed))[:max_sources]
-    rows = torch.zeros(graph.adjacency.shape[0], engine.n_columns)
-    rows[:, graph_cols] = graph.adjacency[:, :n_src].float()
+    rows = torch.zeros(graph.adjacency.shape[0], engine.n_columns, device=dev)
+    rows[:, graph_cols] = graph.adjacency[:, :n_src].float().to(dev)
     complete = len(features) == engine.n_features
-    return check_rows(engine, features, directions, rows, graph_cols[pick], complete)
+    return check_rows(engine, features, directions, rows, graph_cols[pick.to(dev)], complete)
