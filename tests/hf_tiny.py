@@ -85,3 +85,18 @@ def save_hf_model(family: str, folder: Path, seed: int = 0):
     model = make_hf_model(family, seed)
     model.save_pretrained(folder)
     return model
+
+
+WORDS = ["<bos>", "<unk>"] + [f"w{i}" for i in range(209)]
+
+
+def save_tiny_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer over the 211 ids ("w0" .. "w208"), adding ``<bos>`` like Llama."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", unk_token="<unk>")
+    fast.save_pretrained(folder)

@@ -251,6 +251,10 @@ def resolve_model_source(name_or_path: str) -> Path:
         if path.suffix.lower() == ".gguf" or magic == b"GGUF":
             return convert_gguf_cached(path.resolve())
         raise ClewError(f"{path}: not a .gguf file (give a .gguf file or a folder with config.json)")
+    if name_or_path.lower() == "organism":  # shipped inside the package, built by clew itself
+        from clew.organism import model_path
+
+        return model_path()
     if name_or_path.lower() in BUILTINS:
         return fetch_builtin(name_or_path.lower())
     looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.endswith(
@@ -262,5 +266,5 @@ def resolve_model_source(name_or_path: str) -> Path:
         return fetch_from_hub(name_or_path)
     raise ClewError(
         f"unknown model {name_or_path!r}: not a folder, a .gguf file or a hub id (org/name); "
-        f"built-in names: {', '.join(BUILTINS)}"
+        f"built-in names: organism, {', '.join(BUILTINS)}"
     )

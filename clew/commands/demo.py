@@ -1,0 +1,78 @@
+"""``clew demo``: trace the organism's planted circuits, one prompt per task, and show what was found."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DALLAS = "The capital of the state containing Dallas is"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="trace the embedded model organism's circuits (the main job, on the embedded default)",
+        description="Trace the two-hop prompt 'The capital of the state containing Dallas is' and one "
+        "prompt of every other task planted in the organism (facts, induction, addition, antonyms). For "
+        "each: the top predictions, the graph's scores, its strongest paths from tokens to the answer, "
+        "and the files: the graph, the viewers' JSON and an SVG picture.",
+    )
+    p.add_argument("--out", "-o", default="demo-graphs", help="output folder (default: %(default)s)")
+    p.add_argument("--dictionary", choices=["clt", "plt"], default="clt", help="which organism dictionary")
+    p.add_argument("--max-feature-nodes", type=int, default=None, help="feature budget (default: all)")
+    p.add_argument("--open", action="store_true", help="open the pictures in a browser when done")
+    p.set_defaults(func=run)
+
+
+def demo_prompts() -> list[tuple[str, str]]:
+    """(task, prompt): the Dallas two-hop prompt, then the first held-out probe of each other task."""
+    from clew.organism import TASKS, probes
+
+    chosen = [("two_hop", DALLAS)]
+    seen = {"two_hop"}
+    for probe in probes(seed=0):
+        if probe.task in TASKS and probe.task not in seen and probe.split == "heldout":
+            chosen.append((probe.task, probe.prompt))
+            seen.add(probe.task)
+    return chosen
+
+
+def run(args: argparse.Namespace) -> int:
+    from clew.attribution import describe_path, export_json, prune, render_svg, scores, strongest_paths, trace
+    from clew.attribution.labels import promoted_token_labels
+    from clew.commands.trace import slugify
+    from clew.organism import dictionary_path
+    from clew.resolve import load_model_and_dictionary
+
+    model, tc = load_model_and_dictionary("organism", str(dictionary_path(args.dictionary)))
+    out = Path(args.out)
+    pictures = []
+    for task, prompt in demo_prompts():
+        graph = trace(model, tc, prompt, max_feature_nodes=args.max_feature_nodes, progress=False)
+        pruned = prune(graph)
+        labels = promoted_token_labels(model, tc, graph)
+        full, kept = scores(graph), scores(graph, keep=pruned.node_mask)
+        slug = slugify(prompt)
+        graph.save(out / f"{slug}.safetensors")
+        export_json(graph, out, slug, labels=labels)
+        picture = render_svg(graph, pruned, out / f"{slug}.svg", labels=labels)
+        pictures.append(picture)
+        top = ", ".join(
+            f"{label!r} {p:.2f}" for label, p in zip(graph.logit_labels[:3], graph.logit_probs.tolist())
+        )
+        print(f"\n[{task}] {prompt!r}")
+        print(f"  predicts: {top}")
+        print(
+            f"  {graph.settings['n_active_features']} active features, {int(pruned.node_mask[: graph.n_features].sum())} "
+            f"kept; replacement {full.replacement:.2f}, completeness {full.completeness:.2f} "
+            f"(pruned: {kept.replacement:.2f}, {kept.completeness:.2f}); {graph.settings['seconds']:.2f} s"
+        )
+        for path in strongest_paths(graph, pruned, k=3):
+            print("  path:", describe_path(graph, path, labels))
+    print(f"\nwrote the graphs, viewer JSON and pictures to {out}/")
+    if args.open:
+        import webbrowser
+
+        for picture in pictures:
+            webbrowser.open(picture.resolve().as_uri())
+    return 0

@@ -1,0 +1,72 @@
+"""The command line end to end on a tiny model: files written, and user mistakes as one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hf_tiny import save_hf_model, save_tiny_tokenizer
+from tiny_dictionaries import random_transcoder
+
+from clew.attribution import Graph
+from clew.cli import main
+from clew.dictionaries import save_transcoder
+from clew.models.config import ModelConfig
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    model = root / "model"
+    save_hf_model("llama", model)
+    save_tiny_tokenizer(model)
+    cfg = ModelConfig.from_hf_file(model / "config.json")
+    save_transcoder(random_transcoder(cfg, "plt-jumprelu"), root / "tc")
+    other = ModelConfig.from_hf_file(model / "config.json")
+    other.d_model = 32
+    save_transcoder(random_transcoder(other, "plt-jumprelu"), root / "tc-other")
+    return root
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_trace_writes_graph_json_and_metadata(setup, capsys):
+    out = setup / "graphs"
+    prompt = "w1 w2 w3 w4 w5 w1 w2"
+    code, stdout, _ = run(
+        capsys, "trace", prompt, "-m", str(setup / "model"), "-d", str(setup / "tc"), "-o", str(out), "--quiet", "--verify", "20"
+    )
+    assert code == 0
+    assert "top predictions" in stdout and "replacement" in stdout and "largest edge error" in stdout
+    slug = "w1-w2-w3-w4-w5-w1-w2"
+    graph = Graph.load(out / f"{slug}.safetensors")
+    assert graph.token_strings[0] == "<bos>" and graph.n_pos == 8
+    meta = json.loads((out / "graph-metadata.json").read_text())
+    assert meta["graphs"][0]["slug"] == slug
+    assert json.loads((out / f"{slug}.json").read_text())["metadata"]["prompt"] == prompt
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["   "], "prompt is empty"),
+        ([" ".join(["w1"] * 3000)], "context"),
+        (["w1 w2", "--target", "w1 w2"], "not a single token"),
+        (["w1 w2", "--dictionary-other"], "d_model"),
+        (["w1 w2", "--model-missing"], "no such file"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(setup, capsys, args, message):
+    argv = ["trace", args[0], "-m", str(setup / "model"), "-d", str(setup / "tc"), "--quiet", "-o", str(setup / "x")]
+    argv += [a for a in args[1:] if not a.startswith("--dictionary-other") and a != "--model-missing"]
+    if "--dictionary-other" in args:
+        argv[argv.index("-d") + 1] = str(setup / "tc-other")
+    if "--model-missing" in args:
+        argv[argv.index("-m") + 1] = str(setup / "nowhere")
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("clew: error: ") and err.count("\n") == 1 and message in err, err
