@@ -215,28 +215,36 @@ class Engine:
     # The gradient is kept position-major, (P, B, D): every product below is then one large matrix
     # product (or one per head), never thousands of tiny ones.
 
-    def rows(self, targets: Targets) -> Tensor:
-        """(B, C) the direct effect of every source on each target.
+    def rows(self, targets: Targets, out: Tensor | None = None) -> Tensor:
+        """(B, C) the direct effect of every source on each target, written into ``out`` when given.
 
         The batch is split by position, so that targets early in the prompt do not pay for the
-        positions after them (attention costs grow with the square of the positions covered)."""
+        positions after them (attention costs grow with the square of the positions covered).
+        Targets already sorted by position are split into contiguous slices of ``out``."""
+        B = len(targets)
+        if out is None:
+            out = torch.zeros(B, self.n_columns, dtype=self.dtype, device=self.device)
+        else:
+            out.zero_()
+        n_chunks = max(1, min(8, B // 32))
+        ordered = bool((targets.pos[1:] >= targets.pos[:-1]).all())
+        order = torch.arange(B, device=self.device) if ordered else torch.argsort(targets.pos, stable=True)
         with torch.no_grad():
-            B = len(targets)
-            n_chunks = max(1, min(8, B // 32))
-            if n_chunks == 1:
-                return self._rows(targets)
-            out = torch.empty(B, self.n_columns, dtype=self.dtype, device=self.device)
-            for chunk in torch.argsort(targets.pos).chunk(n_chunks):
-                out[chunk] = self._rows(
-                    Targets(targets.layer[chunk], targets.pos[chunk], targets.vectors[chunk])
-                )
-            return out
+            for chunk in order.chunk(n_chunks):
+                part = Targets(targets.layer[chunk], targets.pos[chunk], targets.vectors[chunk])
+                if ordered:
+                    self._rows(part, out[int(chunk[0]) : int(chunk[-1]) + 1])
+                else:
+                    out[chunk] = self._rows(
+                        part, torch.zeros(len(chunk), self.n_columns, dtype=self.dtype, device=self.device)
+                    )
+        return out
 
-    def _rows(self, targets: Targets) -> Tensor:
+    def _rows(self, targets: Targets, rows: Tensor) -> Tensor:
+        """Fill ``rows`` (B, C), zero on entry, for a batch of targets."""
         L, D, dt = self.n_layers, self.d_model, self.dtype
         B = len(targets)
         P = int(targets.pos.max()) + 1  # nothing after the last target position matters
-        rows = torch.zeros(B, self.n_columns, dtype=dt, device=self.device)
         grad = torch.zeros(P, B, D, dtype=dt, device=self.device)
         batch = torch.arange(B, device=self.device)
         top = int(targets.layer.max())
@@ -246,11 +254,11 @@ class Engine:
             if layer < top:  # above the highest target nothing is written that it could see
                 self._contract(layer, grad, rows)
                 if self.tc.cfg.skip:
-                    grad = grad + self._skip_transpose(layer, grad)
+                    grad += self._skip_transpose(layer, grad)
                 here = targets.layer == layer
                 if here.any():
                     grad[targets.pos[here], batch[here]] += targets.vectors[here].to(dt)
-            grad = grad + self._attention_transpose(layer, grad)
+            grad += self._attention_transpose(layer, grad)
         rows[:, self.embed_offset : self.embed_offset + P] = torch.einsum(
             "pbd,pd->bp", grad, self.embeddings[:P].to(dt)
         )
@@ -264,7 +272,7 @@ class Engine:
             cfg, block, dt = self.model.cfg, self.model.blocks[layer], self.dtype
             w = {
                 "o": block.attn.o.weight.to(dt),  # (D, H*E)
-                "v": block.attn.v.weight.to(dt).view(cfg.n_kv_heads, cfg.d_head, cfg.d_model),  # (K, E, D)
+                "v": block.attn.v.weight.to(dt),  # (K*E, D)
             }
             for name in ("ln1", "attn_post", "ln2", "mlp_post"):
                 norm = getattr(block, name)
@@ -315,6 +323,7 @@ class Engine:
         z = (g @ w["o"]).view(P, B, H, E).permute(2, 0, 1, 3).reshape(H, P, B * E)  # (H, Pq, B*E)
         pattern = self.cache.patterns[layer][0, :, :P, :P].to(g.dtype)  # (H, Pq, Pk)
         z = torch.bmm(pattern.transpose(1, 2), z)  # (H, Pk, B*E): each key gathers from its queries
-        z = z.view(K, H // K, P * B, E).sum(1)  # (K, P*B, E): heads sharing a key/value head
-        g = torch.bmm(z, w["v"]).sum(0).view(P, B, -1)  # (P, B, D)
+        z = z.view(K, H // K, P, B, E).sum(1)  # (K, Pk, B, E): heads sharing a key/value head
+        z = z.permute(1, 2, 0, 3).reshape(P * B, K * E)
+        g = (z @ w["v"]).view(P, B, -1)  # (P, B, D)
         return self._norm_t(layer, "ln1", g)

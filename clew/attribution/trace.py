@@ -137,7 +137,7 @@ def trace(
     budget = N if max_feature_nodes is None else min(max_feature_nodes, N)
     dev = engine.device
     rows = torch.zeros(T + budget, engine.n_columns, dtype=dtype, device=dev)  # logit rows, then feature rows
-    rows[:T] = engine.rows(logit_targets)
+    engine.rows(logit_targets, out=rows[:T])
     visited = torch.zeros(N, dtype=torch.bool, device=dev)
     order: list[Tensor] = []
     done = 0
@@ -148,7 +148,8 @@ def trace(
         else:
             batch = _most_influential(engine, rows[: T + done], chosen, order, visited)
             batch = batch[: min(batch_size, budget - done)]
-        rows[T + done : T + done + len(batch)] = engine.rows(engine.feature_targets(batch))
+        batch = batch[torch.argsort(engine.feat_pos[batch], stable=True)]  # by position: see Engine.rows
+        engine.rows(engine.feature_targets(batch), out=rows[T + done : T + done + len(batch)])
         visited[batch] = True
         order.append(batch)
         done += len(batch)

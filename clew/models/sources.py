@@ -237,6 +237,10 @@ def fetch_from_hub(repo_id: str) -> Path:
 
 def resolve_model_source(name_or_path: str) -> Path:
     """A local Hugging Face folder for ``name_or_path``: a folder, a .gguf file, a built-in name or a hub id."""
+    if name_or_path.lower() == "organism":  # shipped inside the package, built by clew itself
+        from clew.organism import model_path
+
+        return model_path()
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -251,10 +255,6 @@ def resolve_model_source(name_or_path: str) -> Path:
         if path.suffix.lower() == ".gguf" or magic == b"GGUF":
             return convert_gguf_cached(path.resolve())
         raise ClewError(f"{path}: not a .gguf file (give a .gguf file or a folder with config.json)")
-    if name_or_path.lower() == "organism":  # shipped inside the package, built by clew itself
-        from clew.organism import model_path
-
-        return model_path()
     if name_or_path.lower() in BUILTINS:
         return fetch_builtin(name_or_path.lower())
     looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.endswith(

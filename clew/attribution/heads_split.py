@@ -1,0 +1,186 @@
+"""Which attention heads carry an edge: the exact split of one edge's weight across heads.
+
+An edge from a source s (written at position p_s) to a target t (read at position p_t > p_s) sums
+the paths through the frozen replacement model from s to t. Information moves forward in position
+only through attention, from a key position to a query position at or after it, so every such path
+*arrives* at p_t exactly once: at some layer l, through some head h, a query at p_t attends to a key
+at k != p_t; above that layer the path stays at p_t (through the residual stream, a transcoder's skip
+path, or the diagonal attention terms ``pattern[p_t, p_t]``). Grouping the paths by that arrival
+partitions them, so
+
+    edge(s -> t) = sum over layers l and heads h of e[l, h],
+
+where e[l, h] is the total weight of the paths that arrive at p_t through head h of layer l.
+
+All e[l, h] come from one batched backward pass (:func:`split_edge`). Row 0 carries the target's
+vector down at p_t only, keeping just the diagonal attention terms (the "stay" gradient). At each
+layer l, the off-diagonal part of the stay gradient through each head h (``pattern_h[p_t, k]`` for
+k < p_t, through that head's value and output weights) starts a new row ``1 + l H + h``, which from
+there descends through the whole frozen model exactly as in :meth:`Engine.rows`; every row is finally
+dotted with the source's vector where it writes. The stay row alone reaches the source only when
+p_s = p_t, which is refused: no head carries such an edge.
+
+Shapes: P positions up to the target's, R = 1 + L H rows, D d_model, H heads, K key/value heads, E d_head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from clew.attribution.engine import Engine, Targets
+from clew.attribution.graph import Graph
+from clew.errors import ClewError
+
+
+@dataclass
+class HeadShare:
+    layer: int
+    head: int
+    weight: float
+    """e[l, h]: the weight of the paths arriving at the target's position through this head."""
+    share: float
+    """``weight / edge``: signed, the shares sum to 1 (0 when the edge is exactly 0)."""
+
+
+@dataclass
+class HeadSplit:
+    edge: float
+    """The edge weight, as :meth:`Engine.rows` computes it."""
+    weights: Tensor
+    """(L, H) e[l, h]; they sum to ``edge`` up to rounding."""
+    table: list[HeadShare]
+    """Every head, by decreasing ``|weight|``."""
+
+    def format(self, k: int = 10) -> str:
+        lines = [f"edge weight {self.edge:+.6g} = sum over heads of (the paths' last arrival at the target):"]
+        for row in self.table[:k]:
+            lines.append(f"  L{row.layer}.H{row.head}  {row.weight:+.6g}  ({row.share:+.1%})")
+        rest = sum(r.weight for r in self.table[k:])
+        if len(self.table) > k:
+            lines.append(f"  {len(self.table) - k} other heads  {rest:+.6g}")
+        return "\n".join(lines)
+
+
+def source_position(engine: Engine, column: int) -> int:
+    """The position where the source in engine column ``column`` writes."""
+    if not 0 <= column < engine.n_columns:
+        raise ClewError(f"source column {column} is out of range (0..{engine.n_columns - 1})")
+    if column < engine.error_offset:
+        return int(engine.feat_pos[column])
+    if column < engine.embed_offset:
+        return (column - engine.error_offset) % engine.n_pos
+    return column - engine.embed_offset
+
+
+def _stay_split(engine: Engine, layer: int, stay: Tensor, pos: int) -> Tensor:
+    """(P, H, D): the stay gradient (P, 1, D), nonzero at ``pos`` only, through each head of the layer's
+    frozen attention to every key position, at the residual stream before the layer."""
+    cfg, w = engine.model.cfg, engine._weights(layer)
+    H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    g = engine._norm_t(layer, "attn_post", stay) if "attn_post" in w else stay  # (P, 1, D)
+    z = (g[pos, 0] @ w["o"]).view(H, E)  # (H, E): the gradient at each head's mixed values
+    u = torch.einsum("he,hed->hd", z, w["v"][torch.arange(H) // (H // K)])  # (H, D) through W_V
+    P = stay.shape[0]
+    pattern = engine.cache.patterns[layer][0, :, pos, :P].to(u.dtype)  # (H, P): the query at pos
+    per_key = pattern.T[:, :, None] * u[None]  # (P, H, D)
+    return engine._norm_t(layer, "ln1", per_key)
+
+
+@torch.no_grad()
+def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
+    """Split the edge from engine column ``source`` to the single ``target`` across attention heads."""
+    if len(target) != 1:
+        raise ClewError(f"split one edge at a time: got {len(target)} targets")
+    L, D, dt = engine.n_layers, engine.d_model, engine.dtype
+    H = engine.model.cfg.n_heads
+    pos, top = int(target.pos[0]), int(target.layer[0])
+    src_pos = source_position(engine, source)
+    if src_pos == pos:
+        raise ClewError(
+            f"source and target are both at position {pos}: the edge runs within one position, through no head"
+        )
+    if src_pos > pos:
+        raise ClewError(
+            f"the source (position {src_pos}) comes after the target (position {pos}): there is no edge"
+        )
+    P, R = pos + 1, 1 + L * H
+    rows = torch.zeros(R, engine.n_columns, dtype=dt)
+    grad = torch.zeros(P, R, D, dtype=dt)
+    grad[pos, 0] = target.vectors[0].to(dt)
+    for layer in range(min(top, L - 1), -1, -1):
+        if layer < top:
+            engine._contract(layer, grad, rows)
+            if engine.tc.cfg.skip:
+                grad = grad + engine._skip_transpose(layer, grad)
+        first = 1 + (layer + 1) * H  # rows started above this layer; those below are still zero
+        if first < R:
+            moving = grad[:, first:]
+            grad[:, first:] = moving + engine._attention_transpose(layer, moving)
+        per_head = _stay_split(engine, layer, grad[:, :1], pos)  # (P, H, D)
+        grad[pos, 0] += per_head[pos].sum(0)  # the diagonal terms: the path stays at pos
+        per_head[pos] = 0
+        grad[:, 1 + layer * H : first] = per_head  # the off-diagonal terms: the last arrival at pos
+    rows[:, engine.embed_offset : engine.embed_offset + P] = torch.einsum(
+        "prd,pd->rp", grad, engine.embeddings[:P].to(dt)
+    )
+    weights = rows[1:, source].view(L, H)
+    edge = float(engine.rows(target)[0, source])
+    order = weights.flatten().abs().argsort(descending=True)
+    table = [
+        HeadShare(
+            int(i) // H,
+            int(i) % H,
+            float(weights.flatten()[i]),
+            float(weights.flatten()[i]) / edge if edge else 0.0,
+        )
+        for i in order
+    ]
+    return HeadSplit(edge, weights, table)
+
+
+def split_graph_edge(
+    model, transcoder, graph: Graph, source: int, target: int, dtype: torch.dtype = torch.float32
+) -> HeadSplit:
+    """Split the edge between two nodes of a graph (node numbers as in :class:`Graph`) across heads."""
+    for node in (source, target):
+        if not 0 <= node < graph.n_nodes:
+            raise ClewError(f"node {node} is out of range: the graph has {graph.n_nodes} nodes")
+    if graph.kind(target) not in ("feature", "logit"):
+        raise ClewError(f"node {target} is {graph.describe(target)}: only features and logits receive edges")
+    if graph.kind(source) == "logit":
+        raise ClewError(f"node {source} is {graph.describe(source)}: a logit is never a source")
+    engine = Engine(model, transcoder, graph.tokens.to(model.embed.weight.device), dtype=dtype)
+    table = {
+        (int(l), int(p), int(i)): n
+        for n, (l, p, i) in enumerate(zip(engine.feat_layer, engine.feat_pos, engine.feat_index))
+    }
+
+    def feature(node: int) -> int:
+        key = tuple(int(v) for v in graph.features[node])
+        if key not in table:
+            raise ClewError(
+                f"{graph.describe(node)} is not active when the model and dictionary rerun the prompt"
+            )
+        return table[key]
+
+    if graph.kind(target) == "feature":
+        targets = engine.feature_targets(torch.tensor([feature(target)]))
+    else:
+        i = target - graph.logit_offset
+        direction = (
+            graph.logit_vectors[i : i + 1]
+            if graph.logit_vectors is not None
+            else engine.logit_directions(graph.logit_tokens[i : i + 1])
+        )
+        targets = engine.direction_targets(direction.float())
+    kind, (layer, pos) = graph.kind(source), graph.layer_pos(source)
+    if kind == "feature":
+        column = feature(source)
+    elif kind == "error":
+        column = engine.error_column(layer, pos)
+    else:
+        column = engine.embed_column(pos)
+    return split_edge(engine, targets, column)
