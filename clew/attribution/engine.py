@@ -46,6 +46,12 @@ class _WriteSources:
     """(P, S, D) the vector each source writes (activation times decoder row, or the error), zero-padded."""
     columns: Tensor
     """(P, S) the source's column in the adjacency rows, or -1 for padding."""
+    extra_vectors: Tensor
+    """(X, D) sources beyond the padded width S at crowded positions (the first token often has many)."""
+    extra_columns: Tensor
+    """(X,) their columns."""
+    extra_pos: Tensor
+    """(X,) their positions."""
 
 
 class Engine:
@@ -158,15 +164,18 @@ class Engine:
             order = torch.argsort(p, stable=True)
             v, c, p = v[order], c[order], p[order]
             counts = torch.bincount(p, minlength=P)
-            width = int(counts.max())
             slot = torch.arange(len(p), device=self.device) - torch.repeat_interleave(
                 torch.cumsum(counts, 0) - counts, counts
             )
+            # pad to what most positions need; the few crowded positions' surplus goes to a short list
+            width = max(1, int(counts.float().quantile(0.95).ceil()))
+            inside = slot < width
             padded = torch.zeros(P, width, D, dtype=self.dtype, device=self.device)
-            padded[p, slot] = v.to(self.dtype)
+            padded[p[inside], slot[inside]] = v[inside].to(self.dtype)
             columns = torch.full((P, width), -1, dtype=torch.long, device=self.device)
-            columns[p, slot] = c
-            self.sources.append(_WriteSources(padded, columns))
+            columns[p[inside], slot[inside]] = c[inside]
+            out = ~inside
+            self.sources.append(_WriteSources(padded, columns, v[out].to(self.dtype), c[out], p[out]))
 
     # --- targets -----------------------------------------------------------------------------------------
 
@@ -308,6 +317,10 @@ class Engine:
         cols = src.columns[:P]  # (P, S)
         keep = cols >= 0
         rows.index_add_(1, cols[keep], vals.transpose(0, 1)[:, keep])
+        extra = src.extra_pos < P
+        if extra.any():  # the crowded positions' surplus: (X, B, D) . (X, D) -> (B, X)
+            vals = torch.einsum("xbd,xd->bx", g[src.extra_pos[extra]], src.extra_vectors[extra])
+            rows.index_add_(1, src.extra_columns[extra], vals)
 
     def _skip_transpose(self, layer: int, grad: Tensor) -> Tensor:
         """The gradient through the transcoder's dense skip path, from its output back to the residual."""

@@ -82,7 +82,8 @@ def _stay_split(engine: Engine, layer: int, stay: Tensor, pos: int) -> Tensor:
     H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
     g = engine._norm_t(layer, "attn_post", stay) if "attn_post" in w else stay  # (P, 1, D)
     z = (g[pos, 0] @ w["o"]).view(H, E)  # (H, E): the gradient at each head's mixed values
-    u = torch.einsum("he,hed->hd", z, w["v"][torch.arange(H) // (H // K)])  # (H, D) through W_V
+    w_v = w["v"].view(K, E, -1)[torch.arange(H, device=z.device) // (H // K)]  # (H, E, D) per query head
+    u = torch.einsum("he,hed->hd", z, w_v)  # (H, D) through W_V
     P = stay.shape[0]
     pattern = engine.cache.patterns[layer][0, :, pos, :P].to(u.dtype)  # (H, P): the query at pos
     per_key = pattern.T[:, :, None] * u[None]  # (P, H, D)
@@ -107,8 +108,8 @@ def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
             f"the source (position {src_pos}) comes after the target (position {pos}): there is no edge"
         )
     P, R = pos + 1, 1 + L * H
-    rows = torch.zeros(R, engine.n_columns, dtype=dt)
-    grad = torch.zeros(P, R, D, dtype=dt)
+    rows = torch.zeros(R, engine.n_columns, dtype=dt, device=engine.device)
+    grad = torch.zeros(P, R, D, dtype=dt, device=engine.device)
     grad[pos, 0] = target.vectors[0].to(dt)
     for layer in range(min(top, L - 1), -1, -1):
         if layer < top:
@@ -126,7 +127,7 @@ def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
     rows[:, engine.embed_offset : engine.embed_offset + P] = torch.einsum(
         "prd,pd->rp", grad, engine.embeddings[:P].to(dt)
     )
-    weights = rows[1:, source].view(L, H)
+    weights = rows[1:, source].view(L, H).cpu()
     edge = float(engine.rows(target)[0, source])
     order = weights.flatten().abs().argsort(descending=True)
     table = [
@@ -167,15 +168,15 @@ def split_graph_edge(
         return table[key]
 
     if graph.kind(target) == "feature":
-        targets = engine.feature_targets(torch.tensor([feature(target)]))
+        targets = engine.feature_targets(torch.tensor([feature(target)], device=engine.device))
     else:
         i = target - graph.logit_offset
         direction = (
             graph.logit_vectors[i : i + 1]
             if graph.logit_vectors is not None
-            else engine.logit_directions(graph.logit_tokens[i : i + 1])
+            else engine.logit_directions(graph.logit_tokens[i : i + 1].to(engine.device))
         )
-        targets = engine.direction_targets(direction.float())
+        targets = engine.direction_targets(direction.float().to(engine.device))
     kind, (layer, pos) = graph.kind(source), graph.layer_pos(source)
     if kind == "feature":
         column = feature(source)
