@@ -121,3 +121,15 @@ def test_bisection_threshold_agrees_with_sorting():
         )
         assert values[values >= approx].sum() >= fraction * values.sum() - 1e-3
         assert abs(approx - exact) <= 1e-6 + 1e-3 * exact
+
+
+def test_long_prompt_split_by_position_is_exact(models):
+    """Batches of targets are split by position on longer prompts; the rows must not change."""
+    model = models["qwen2"]
+    tc = random_transcoder(model.cfg, "plt-jumprelu", n_features=16)
+    long = prompt(n=60, seed=9)
+    graph = trace(model, tc, long, max_feature_nodes=200, batch_size=128, progress=False)
+    one = trace(model, tc, long, max_feature_nodes=200, batch_size=16, progress=False)  # no split
+    assert torch.equal(graph.features, one.features)
+    assert (graph.adjacency - one.adjacency).abs().max() <= 1e-5 * graph.adjacency.abs().max()
+    assert check_graph(model, tc, graph, max_sources=48).max_edge_error < TOL
