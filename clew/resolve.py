@@ -15,7 +15,7 @@ def load_model_and_dictionary(model_name: str, dictionary: str | None, device: s
     if dictionary is None:
         dictionary = default_dictionary(model_name)
     model = load_model(model_name, device=device)
-    tc = load_transcoder(dictionary, device=model.embed.weight.device)
+    tc = load_transcoder(dictionary, device=model.embed.weight.device, dtype=model.embed.weight.dtype)
     tc.check_compatible(model.cfg)
     tc.name = str(dictionary)
     return model, tc

@@ -157,7 +157,7 @@ class Engine:
                 if not sel.any():
                     continue
                 dec = self.tc.decoder_vectors(src, self.feat_index[sel], dst)  # (n, D)
-                vecs.append(dec * self.feat_act[sel, None])
+                vecs.append(dec.float() * self.feat_act[sel, None].float())  # in float32 whatever is stored
                 cols.append(feature_columns[sel])
                 pos.append(self.feat_pos[sel])
             v, c, p = torch.cat(vecs), torch.cat(cols), torch.cat(pos)
