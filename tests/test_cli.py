@@ -38,7 +38,18 @@ def test_trace_writes_graph_json_and_metadata(setup, capsys):
     out = setup / "graphs"
     prompt = "w1 w2 w3 w4 w5 w1 w2"
     code, stdout, _ = run(
-        capsys, "trace", prompt, "-m", str(setup / "model"), "-d", str(setup / "tc"), "-o", str(out), "--quiet", "--verify", "20"
+        capsys,
+        "trace",
+        prompt,
+        "-m",
+        str(setup / "model"),
+        "-d",
+        str(setup / "tc"),
+        "-o",
+        str(out),
+        "--quiet",
+        "--verify",
+        "20",
     )
     assert code == 0
     assert "top predictions" in stdout and "replacement" in stdout and "largest edge error" in stdout
@@ -61,7 +72,17 @@ def test_trace_writes_graph_json_and_metadata(setup, capsys):
     ],
 )
 def test_user_mistakes_are_one_line_errors(setup, capsys, args, message):
-    argv = ["trace", args[0], "-m", str(setup / "model"), "-d", str(setup / "tc"), "--quiet", "-o", str(setup / "x")]
+    argv = [
+        "trace",
+        args[0],
+        "-m",
+        str(setup / "model"),
+        "-d",
+        str(setup / "tc"),
+        "--quiet",
+        "-o",
+        str(setup / "x"),
+    ]
     argv += [a for a in args[1:] if not a.startswith("--dictionary-other") and a != "--model-missing"]
     if "--dictionary-other" in args:
         argv[argv.index("-d") + 1] = str(setup / "tc-other")
