@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(VENV)/bin/clew demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check clew tests bench
-	$(VENV)/bin/ruff format --check clew tests bench
+	$(VENV)/bin/ruff check clew tests bench examples
+	$(VENV)/bin/ruff format --check clew tests bench examples
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix clew tests bench
