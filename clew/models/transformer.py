@@ -113,17 +113,24 @@ class Attention(nn.Module):
         self.k_norm = Norm(E, cfg) if cfg.qk_norm else None
         self.sliding = cfg.layer_types[layer] == "sliding"
 
-    def pattern(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
-        """(B, P, D) normalised input -> attention pattern (B, H, P, P)."""
+    def queries_keys(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """(B, P, D) normalised input -> queries (B, H, P, E) and keys (B, K, P, E), normed and rotated."""
         cfg = self.cfg
         B, P, _ = x.shape
         q = self.q(x).view(B, P, cfg.n_heads, cfg.d_head)
         k = self.k(x).view(B, P, cfg.n_kv_heads, cfg.d_head)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q, self.q_norm.scale(q)), self.k_norm(k, self.k_norm.scale(k))
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, P, E), (B, K, P, E)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k
+
+    def pattern(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        """(B, P, D) normalised input -> attention pattern (B, H, P, P)."""
+        cfg = self.cfg
+        P = x.shape[1]
+        q, k = self.queries_keys(x, rope)
         k = k.repeat_interleave(cfg.n_heads // cfg.n_kv_heads, dim=1)  # (B, H, P, E)
         scores = (q @ k.transpose(-1, -2)) * cfg.scale  # (B, H, P, P)
         if cfg.attn_softcap is not None:
@@ -149,13 +156,7 @@ class Attention(nn.Module):
         """The same computation through fused scaled-dot-product attention, when no pattern is needed."""
         cfg = self.cfg
         B, P, _ = x.shape
-        q = self.q(x).view(B, P, cfg.n_heads, cfg.d_head)
-        k = self.k(x).view(B, P, cfg.n_kv_heads, cfg.d_head)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q, self.q_norm.scale(q)), self.k_norm(k, self.k_norm.scale(k))
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = self.queries_keys(x, rope)
         v = self.v(x).view(B, P, cfg.n_kv_heads, cfg.d_head).transpose(1, 2)
         windowed = self.sliding and cfg.sliding_window is not None and P > cfg.sliding_window
         z = F.scaled_dot_product_attention(
