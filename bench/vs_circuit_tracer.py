@@ -168,7 +168,7 @@ def ct_worker(a: argparse.Namespace) -> None:
     )
     ids = torch.tensor(json.loads(a.ids))
     t0 = time.perf_counter()
-    graph = attribute(ids, model, max_feature_nodes=a.budget, batch_size=a.batch_size)
+    graph = attribute(ids, model, max_feature_nodes=a.budget, batch_size=a.batch_size or 512)
     seconds = time.perf_counter() - t0
     torch.save(
         {
@@ -236,9 +236,9 @@ def run_worker(python: str, kind: str, a: argparse.Namespace, ids: list[int], bu
         str(out),
         "--threads",
         str(a.threads),
-        "--batch-size",
-        str(a.batch_size),
     ]
+    if a.batch_size is not None:
+        cmd += ["--batch-size", str(a.batch_size)]
     if budget is not None:
         cmd += ["--budget", str(budget)]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(HERE.parent)}
@@ -257,7 +257,7 @@ def main() -> None:
     p.add_argument("--out")
     p.add_argument("--budget", type=int)
     p.add_argument("--budgets", nargs="+", default=["256", "1024", "all"])
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, help="clew: automatic by default; circuit-tracer: 512")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scale", action="store_true", help="clew alone: 64, 256, 1024 tokens, budget 4096")
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])

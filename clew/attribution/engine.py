@@ -235,7 +235,7 @@ class Engine:
             out = torch.zeros(B, self.n_columns, dtype=self.dtype, device=self.device)
         else:
             out.zero_()
-        n_chunks = max(1, min(8, B // 32, int(targets.pos.max()) // 16))  # short prompts: one chunk
+        n_chunks = max(1, min(8, B // 32))
         ordered = bool((targets.pos[1:] >= targets.pos[:-1]).all())
         order = torch.arange(B, device=self.device) if ordered else torch.argsort(targets.pos, stable=True)
         with torch.no_grad():

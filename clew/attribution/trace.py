@@ -116,7 +116,7 @@ def trace(
     max_n_logits: int = 10,
     desired_logit_prob: float = 0.95,
     max_feature_nodes: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
 ) -> Graph:
@@ -142,6 +142,8 @@ def trace(
     order: list[Tensor] = []
     done = 0
     bar = tqdm(total=budget, desc="attribution", unit="feature", disable=not progress, leave=False)
+    if batch_size is None:  # ranking between batches favours small ones; without ranking, larger is faster
+        batch_size = 512 if budget == N else 256
     while done < budget:
         if budget == N:  # every feature gets a row: take them in (layer, position) order
             batch = torch.arange(done, min(done + batch_size, N), device=dev)

@@ -51,7 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="budget of feature rows, the most influential first (default: every active feature)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=256, help="targets per backward pass (default: %(default)s)"
+        "--batch-size",
+        type=int,
+        help="targets per backward pass (default: 256 while ranking features under a budget, else 512)",
     )
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="attribution precision"
