@@ -179,9 +179,12 @@ class Engine:
 
     # --- targets -----------------------------------------------------------------------------------------
 
-    def _norm_transpose(self, norm: Norm, scale: Tensor, g: Tensor) -> Tensor:
-        """The transpose of a frozen norm: (..., P, D) gradient at its output -> at its input."""
-        g = g * (norm.weight.to(g.dtype) + norm.offset) * scale.to(g.dtype)
+    def _norm_transpose(self, norm: Norm, scale: Tensor, g: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The transpose of a frozen norm: a gradient at its output -> at its input. ``scale`` broadcasts
+        against ``g``; ``weight`` is the norm's ``w + offset`` when already prepared."""
+        if weight is None:
+            weight = norm.weight.to(g.dtype) + norm.offset
+        g = g * (weight * scale.to(g.dtype))
         if norm.centred:
             g = g - g.mean(-1, keepdim=True)
         return g
@@ -295,12 +298,9 @@ class Engine:
 
     def _norm_t(self, layer: int, name: str, g: Tensor) -> Tensor:
         """The transpose of layer's frozen norm ``name`` on a (P, B, D) gradient."""
-        P = g.shape[0]
-        scale = self.cache.scales[f"{layer}.{name}"][0, :P, :, None].to(g.dtype)  # (P, 1, 1)
-        g = g * (self._weights(layer)[name] * scale)
-        if getattr(self.model.blocks[layer], name).centred:
-            g = g - g.mean(-1, keepdim=True)
-        return g
+        scale = self.cache.scales[f"{layer}.{name}"][0, : g.shape[0], :, None]  # (P, 1, 1)
+        norm = getattr(self.model.blocks[layer], name)
+        return self._norm_transpose(norm, scale, g, self._weights(layer)[name])
 
     def _write_grad(self, layer: int, grad: Tensor) -> Tensor:
         """The gradient at layer's write point, from the gradient at the residual after the MLP."""
