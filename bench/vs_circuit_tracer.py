@@ -259,7 +259,9 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", default=["256", "1024", "all"])
     p.add_argument("--batch-size", type=int, help="clew: automatic by default; circuit-tracer: 512")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--scale", action="store_true", help="clew alone: 64, 256, 1024 tokens, budget 4096")
+    p.add_argument(
+        "--scale", action="store_true", help="clew alone: 64, 256, 1024 tokens, budget 4096 (or --budget)"
+    )
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     a = p.parse_args()
     if a.worker == "clew":
@@ -273,11 +275,12 @@ def main() -> None:
     a.model_folder = resolve_model_source("smollm2-135m")
     a.transcoders = make_transcoders(a.model_folder, WORK / "random-jumprelu-plt")
     if a.scale:
-        print(f"clew alone, budget 4096 feature nodes, {a.threads} threads")
+        budget = a.budget or 4096
+        print(f"clew alone, budget {budget} feature nodes, {a.threads} threads")
         print(f"{'tokens':>7} {'active':>8} {'time s':>8} {'peak MB':>8} {'MB/token':>9}")
         for n in a.lengths:
             ids = prompt_ids(a.model_folder, n)
-            r = run_worker(sys.executable, "clew", a, ids, 4096, WORK / f"scale-{n}.safetensors")
+            r = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"scale-{n}.safetensors")
             print(
                 f"{len(ids):>7} {r['n_active']:>8} {r['seconds']:>8.2f} {r['peak_mb']:>8.0f} {r['peak_mb'] / len(ids):>9.2f}"
             )

@@ -133,3 +133,29 @@ def test_long_prompt_split_by_position_is_exact(models):
     assert torch.equal(graph.features, one.features)
     assert (graph.adjacency - one.adjacency).abs().max() <= 1e-5 * graph.adjacency.abs().max()
     assert check_graph(model, tc, graph, max_sources=48).max_edge_error < TOL
+
+
+def test_rows_in_any_order_equal_rows_in_batch_order(models):
+    """Engine.rows carries only the targets at or above each layer; the order it is given the targets
+    in (its own, written in place, or any other) must not change a row."""
+    from clew.attribution.engine import Engine
+
+    model = models["llama"]
+    tc = random_transcoder(model.cfg, "clt-relu")
+    engine = Engine(model, tc, prompt(n=40, seed=3))
+    g = torch.Generator().manual_seed(0)
+    pick = torch.randperm(engine.n_features, generator=g)[:100]
+    ordered = pick[Engine.batch_order(engine.feat_layer[pick], engine.feat_pos[pick])[0]]
+    again = Engine.batch_order(engine.feat_layer[ordered], engine.feat_pos[ordered])[0]
+    assert torch.equal(again, torch.arange(len(ordered)))  # idempotent: the in-place path is taken
+    layers = engine.feat_layer[ordered]
+    assert len(set(layers.tolist())) > 1
+    in_order = engine.rows(engine.feature_targets(ordered))
+    shuffled = engine.rows(engine.feature_targets(pick))
+    one_by_one = torch.cat(
+        [engine.rows(engine.feature_targets(ordered[i : i + 1])) for i in range(0, 100, 9)]
+    )
+    where = {int(v): j for j, v in enumerate(pick)}
+    back = torch.tensor([where[int(v)] for v in ordered])
+    assert (in_order - shuffled[back]).abs().max() <= 1e-5 * in_order.abs().max()
+    assert (in_order[::9] - one_by_one).abs().max() <= 1e-5 * in_order.abs().max()

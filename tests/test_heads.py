@@ -312,3 +312,108 @@ def test_split_command(folders, tmp_path, capsys):
     assert out.startswith("token '5'@2 -> logit") and "sum over heads" in out and "other heads" in out
     assert main([*argv[:-2], "nothing", target]) == 2
     assert "no node of the graph is labelled 'nothing'" in capsys.readouterr().err
+
+
+# --- where the sequences come from --------------------------------------------------------------------
+
+
+def test_text_masks_by_hand():
+    from clew.heads import TextSequences
+
+    # BOS a b c a b d b: position 4 (a) recurs with the same next token (b); 5 (b) does not (c vs d);
+    # 7 (b) recurs but has no next token
+    seqs = TextSequences(torch.tensor([[0, 1, 2, 3, 1, 2, 4, 2]]), offset=1)
+    query, dup, ind = seqs.masks()
+    assert query[0].nonzero().flatten().tolist() == [4]
+    assert dup[0, 4].nonzero().flatten().tolist() == [1]
+    assert ind[0, 4].nonzero().flatten().tolist() == [2]
+    assert dup[0, 7].nonzero().flatten().tolist() == [2, 5]
+    assert ind[0, 7].nonzero().flatten().tolist() == [3, 6]
+    assert not dup[0, :, 0].any()  # the BOS is never an occurrence
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_text_scores_equal_repeat_scores_on_a_repeat(folders, family):
+    from clew.heads import TextSequences, pattern_scores, repeated_sequences
+
+    model = load(folders, family)
+    seqs = repeated_sequences(model, n_seqs=3, length=10, source="uniform")
+    as_text = TextSequences(seqs.tokens, seqs.offset)
+    assert as_text.masks()[0].sum() == 3 * 9  # every second-repeat position with a next token
+    by_position = pattern_scores(model, seqs)
+    by_content = pattern_scores(model, as_text)
+    assert torch.allclose(by_position["previous_token"], by_content["previous_token"], atol=1e-6)
+    # the repeat scores also count the last position, which has no next token to check
+    o, R = seqs.offset, seqs.length
+    patterns = model.run(seqs.tokens, record=True).cache.patterns
+    at = torch.arange(o + R, o + 2 * R - 1)
+    for name, back in (("duplicate_token", R), ("induction", R - 1)):
+        by_hand = torch.stack([p[:, :, at, at - back].mean((0, 2)) for p in patterns])
+        assert torch.allclose(by_hand, by_content[name], atol=1e-6), name
+    copy_pos = ablation_effect(model, seqs, []).clean.accuracy
+    copy_text = ablation_effect(model, as_text, []).clean.accuracy
+    assert copy_pos == pytest.approx(copy_text)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_sampled_sequences_are_distinct_and_seeded(folders, family):
+    from clew.heads import repeated_sequences
+
+    model = load(folders, family)
+    a = repeated_sequences(model, n_seqs=4, length=15, seed=3, source="model")
+    b = repeated_sequences(model, n_seqs=4, length=15, seed=3, source="model")
+    c = repeated_sequences(model, n_seqs=4, length=15, seed=4, source="model")
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+    o = a.offset
+    assert torch.equal(a.tokens[:, o : o + 15], a.tokens[:, o + 15 :])
+    assert all(len(set(row[o : o + 15].tolist())) == 15 for row in a.tokens)
+    with pytest.raises(ClewError, match="source"):
+        repeated_sequences(model, source="zipf")
+
+
+def test_sampling_follows_the_model(folders):
+    """With next-token logits that rank 17, then 5, then the rest, every sequence is 17 5 ... after
+    its first (uniform) token, since no token may occur twice."""
+    from clew.heads.motifs import _sample_distinct
+
+    model = load(folders, "llama")
+
+    class Ranked:
+        cfg, embed = model.cfg, model.embed
+
+        def __call__(self, tokens):
+            logits = torch.zeros(*tokens.shape, model.cfg.vocab_size)
+            logits[..., 17], logits[..., 5] = 200.0, 100.0
+            return logits
+
+    candidates = torch.arange(3, 200)
+    out = _sample_distinct(Ranked(), candidates, 6, 4, None, 1.0, torch.Generator().manual_seed(0))
+    for row in out.tolist():
+        rest = [t for t in row[1:]]
+        want = [t for t in (17, 5) if t != row[0]]
+        assert rest[: len(want)] == want, row
+    out = _sample_distinct(Ranked(), candidates, 2, 3, 1, 1.0, torch.Generator().manual_seed(0))
+    assert out[:, :2].tolist() == [[17, 5], [17, 5]]
+
+
+def test_command_on_a_text(folders, tmp_path, capsys):
+    from hf_tiny import save_tiny_tokenizer
+
+    folder = tmp_path / "model"
+    save_hf_model("llama", folder)
+    save_tiny_tokenizer(folder)
+    words = [f"w{i}" for i in torch.randint(3, 200, (30,), generator=torch.Generator().manual_seed(0))]
+    (tmp_path / "story.txt").write_text(" ".join(words * 4))
+    out = tmp_path / "heads"
+    args = ["heads", "--model", str(folder), "--text", str(tmp_path / "story.txt"), "--length", "40"]
+    assert main([*args, "--sequences", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 windows of BOS + 40 tokens" in printed and "top induction heads" in printed
+    assert "copying at those places" in printed
+    assert (
+        main(["heads", "--model", str(folder), "--source", "uniform", "--length", "8", "--out", str(out)])
+        == 0
+    )
+    assert "uniformly random" in capsys.readouterr().out
+    assert main([*args, "--text", str(tmp_path / "missing.txt")]) != 0
+    assert "cannot read --text" in capsys.readouterr().err

@@ -52,6 +52,11 @@ def test_held_out_material_never_appears_in_the_corpus():
     assert len(held) > 200
     for probe in held:
         assert probe.prompt + probe.answer + "." not in text
+    # no held-out surname is ever written; every held-out induction probe asks for one
+    surnames = set(re.findall(r"\b(?:Mr|Ms|Mrs|Dr) ([A-Z][a-z]+)", text))
+    assert len(surnames) > 1000 and not any(split.heldout_surname(s) for s in surnames)
+    induction = [p for p in corpus.probes(0, 50) if p.task == "induction"]
+    assert all(split.heldout_surname(p.answer.strip()) == (p.split == "heldout") for p in induction)
 
 
 def test_world_facts_are_unambiguous():
@@ -71,6 +76,19 @@ def test_probes_cover_every_task_and_split():
     assert dallas and dallas[0].answer == " Austin"
     induction = [p for p in probes if p.task == "induction"][0]
     assert induction.prompt.endswith("Mr") and induction.answer.strip() in induction.prompt
+
+
+def test_text_command_writes_documents_of_one_kind(tmp_path, capsys):
+    from clew.cli import main
+
+    out = tmp_path / "sums.txt"
+    assert main(["organism", "text", "-n", "5", "--kind", "addition", "-o", str(out)]) == 0
+    docs = out.read_text().strip().split("\n\n")
+    assert len(docs) == 5 and all(re.search(r"\d\d\+\d\d=", doc) for doc in docs)
+    assert main(["organism", "text", "-n", "3", "--kind", "induction"]) == 0
+    stories = capsys.readouterr().out.strip().split("\n\n")
+    assert len(stories) == 3 and all(line.count("Mr ") >= 3 for line in stories)
+    assert main(["organism", "text", "-n", "0"]) == 2
 
 
 # ----- tokenizer ---------------------------------------------------------------------------------------

@@ -227,50 +227,75 @@ class Engine:
     # The gradient is kept position-major, (P, B, D): every product below is then one large matrix
     # product (or one per head), never thousands of tiny ones.
 
-    def rows(self, targets: Targets, out: Tensor | None = None) -> Tensor:
-        """(B, C) the direct effect of every source on each target, written into ``out`` when given.
+    @staticmethod
+    def batch_order(layer: Tensor, pos: Tensor) -> tuple[Tensor, list[int]]:
+        """The order in which :meth:`rows` processes a batch, and the sizes of its chunks.
 
-        The batch is split by position, so that targets early in the prompt do not pay for the
-        positions after them (attention costs grow with the square of the positions covered).
-        Targets already sorted by position are split into contiguous slices of ``out``."""
+        The batch is split by position into up to 8 chunks, so that targets early in the prompt do
+        not pay for the positions after them (attention costs grow with the square of the positions
+        covered); within a chunk, targets go from the highest layer down, so that at each layer only
+        the leading targets, those at or above it, are carried (nothing below a target's layer
+        reaches it). A caller that passes targets already in this order gets its rows written in place."""
+        B = len(pos)
+        by_pos = torch.argsort(pos, stable=True)
+        sizes = [len(c) for c in by_pos.chunk(max(1, min(8, B // 32)))] if B else []
+        parts, start = [], 0
+        for n in sizes:
+            chunk = by_pos[start : start + n]
+            parts.append(chunk[torch.argsort(layer[chunk], descending=True, stable=True)])
+            start += n
+        order = torch.cat(parts) if parts else by_pos
+        return order, sizes
+
+    def rows(self, targets: Targets, out: Tensor | None = None) -> Tensor:
+        """(B, C) the direct effect of every source on each target, written into ``out`` when given
+        (in place, chunk by chunk, when the targets come in :meth:`batch_order`)."""
         B = len(targets)
         if out is None:
             out = torch.zeros(B, self.n_columns, dtype=self.dtype, device=self.device)
         else:
             out.zero_()
-        n_chunks = max(1, min(8, B // 32))
-        ordered = bool((targets.pos[1:] >= targets.pos[:-1]).all())
-        order = torch.arange(B, device=self.device) if ordered else torch.argsort(targets.pos, stable=True)
+        order, sizes = self.batch_order(targets.layer, targets.pos)
+        in_place = bool((order == torch.arange(B, device=order.device)).all())
+        start = 0
         with torch.no_grad():
-            for chunk in order.chunk(n_chunks):
+            for n in sizes:
+                chunk = order[start : start + n]
                 part = Targets(targets.layer[chunk], targets.pos[chunk], targets.vectors[chunk])
-                if ordered:
-                    self._rows(part, out[int(chunk[0]) : int(chunk[-1]) + 1])
+                if in_place:
+                    self._rows(part, out[start : start + n])
                 else:
                     out[chunk] = self._rows(
-                        part, torch.zeros(len(chunk), self.n_columns, dtype=self.dtype, device=self.device)
+                        part, torch.zeros(n, self.n_columns, dtype=self.dtype, device=self.device)
                     )
+                start += n
         return out
 
     def _rows(self, targets: Targets, rows: Tensor) -> Tensor:
-        """Fill ``rows`` (B, C), zero on entry, for a batch of targets."""
+        """Fill ``rows`` (B, C), zero on entry, for a batch of targets sorted by descending layer.
+
+        At each layer only the leading targets whose layer is at or above it are carried: ``grad[:, :n]``."""
         L, D, dt = self.n_layers, self.d_model, self.dtype
         B = len(targets)
         P = int(targets.pos.max()) + 1  # nothing after the last target position matters
         grad = torch.zeros(P, B, D, dtype=dt, device=self.device)
         batch = torch.arange(B, device=self.device)
-        top = int(targets.layer.max())
+        layers = targets.layer.tolist()
+        assert all(a >= b for a, b in zip(layers, layers[1:])), "targets must come by descending layer"
+        top = layers[0]
         at_top = targets.layer == top
         grad[targets.pos[at_top], batch[at_top]] = targets.vectors[at_top].to(dt)
         for layer in range(min(top, L - 1), -1, -1):
             if layer < top:  # above the highest target nothing is written that it could see
-                self._contract(layer, grad, rows)
+                n = sum(1 for t in layers if t > layer)  # the targets above this layer's write point
+                self._contract(layer, grad[:, :n], rows[:n])
                 if self.tc.cfg.skip:
-                    grad += self._skip_transpose(layer, grad)
+                    grad[:, :n] += self._skip_transpose(layer, grad[:, :n])
                 here = targets.layer == layer
                 if here.any():
                     grad[targets.pos[here], batch[here]] += targets.vectors[here].to(dt)
-            grad += self._attention_transpose(layer, grad)
+            n = sum(1 for t in layers if t >= layer)
+            grad[:, :n] += self._attention_transpose(layer, grad[:, :n])
         rows[:, self.embed_offset : self.embed_offset + P] = torch.einsum(
             "pbd,pd->bp", grad, self.embeddings[:P].to(dt)
         )

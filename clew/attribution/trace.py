@@ -150,7 +150,7 @@ def trace(
         else:
             batch = _most_influential(engine, rows[: T + done], chosen, order, visited)
             batch = batch[: min(batch_size, budget - done)]
-        batch = batch[torch.argsort(engine.feat_pos[batch], stable=True)]  # by position: see Engine.rows
+        batch = batch[engine.batch_order(engine.feat_layer[batch], engine.feat_pos[batch])[0]]  # in place
         engine.rows(engine.feature_targets(batch), out=rows[T + done : T + done + len(batch)])
         visited[batch] = True
         order.append(batch)

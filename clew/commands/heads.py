@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 EPILOG = """\
-scores (each in [0, 1], measured on BOS + R random tokens + the same R tokens again):
+scores (each in [0, 1], measured on BOS + R random tokens + the same R tokens again; the R tokens are
+sampled from the model itself, no token twice, unless --source uniform; or on windows of --text FILE):
   previous_token   mean attention from position i to i - 1
   duplicate_token  attention from a token's second occurrence to its first
   induction        attention from a token's second occurrence to the token after its first
@@ -14,6 +15,8 @@ scores (each in [0, 1], measured on BOS + R random tokens + the same R tokens ag
 
 examples:
   clew heads --model organism
+  clew heads --model smollm2-135m --source uniform
+  clew heads --model ./my-model --text book.txt --length 200
   clew heads --model smollm2-135m --length 40 --ablate-top 4 --out heads-smollm2
   clew heads --model ./my-model --ablate 5.1 --ablate 6.9
   clew heads --model organism --graph graphs/dallas.safetensors --edge 12 "logit ' Austin'"
@@ -29,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "heads",
         help="find previous-token, duplicate-token, induction and copying heads",
-        description="Score every attention head of a model on repeated random token sequences, print the "
+        description="Score every attention head of a model on repeated random token sequences (or on a "
+        "text), print the "
         "top heads per score, draw a heat map per score, and measure how much in-context copying drops "
         "when the top induction heads (or the given heads) are zero-ablated.",
         epilog=EPILOG,
@@ -43,6 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--length", type=int, help="random tokens per repeat (default: 50, or what fits the context)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed of the sequences (default: %(default)s)")
+    p.add_argument(
+        "--source",
+        choices=("model", "uniform"),
+        default="model",
+        help="where the random tokens come from: sampled from the model (its own kind of text, no token "
+        "twice) or uniformly from the vocabulary (default: %(default)s)",
+    )
+    p.add_argument(
+        "--text",
+        metavar="FILE",
+        help="score on windows of this text instead, at the places where a token recurs with the same "
+        "next token (--length tokens per window, --sequences windows)",
+    )
     p.add_argument("--top", type=int, default=5, help="heads listed per score (default: %(default)s)")
     p.add_argument("--out", "-o", default="heads", help="folder for the heat maps (default: %(default)s)")
     p.add_argument(
@@ -84,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clew.errors import ClewError
     from clew.heads import SCORES, ablation_effect, parse_head, score_heads, write_heatmaps
+    from clew.heads.motifs import TextSequences
 
     if args.graph or args.edge:
         return run_split(args)
@@ -91,13 +109,30 @@ def run(args: argparse.Namespace) -> int:
         raise ClewError(f"--top must be positive, got {args.top}")
     if args.ablate_top < 0:
         raise ClewError(f"--ablate-top must be zero or more, got {args.ablate_top}")
+    text = None
+    if args.text:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ClewError(f"cannot read --text {args.text}: {err}") from None
     model = _load(args.model, args.device)
     cfg = model.cfg
-    scores, seqs = score_heads(model, args.sequences, args.length, args.seed)
+    scores, seqs = score_heads(model, args.sequences, args.length, args.seed, args.source, text)
     bos = "BOS + " if seqs.offset else ""
+    if isinstance(seqs, TextSequences):
+        n_query = int(seqs.masks()[0].sum())
+        what = (
+            f"{len(seqs.tokens)} windows of {bos}{seqs.tokens.shape[1] - seqs.offset} tokens of {args.text}, "
+            f"{n_query} places where a token recurs with the same next token"
+        )
+        where = "at those places"
+    else:
+        kind = "sampled from the model" if args.source == "model" else "uniformly random"
+        what = f"{len(seqs.tokens)} sequences of {bos}{seqs.length} tokens {kind}, repeated"
+        where = "on the second repeat"
     print(
         f"model {args.model}: {cfg.n_layers} layers x {cfg.n_heads} heads ({cfg.n_kv_heads} key/value heads); "
-        f"{len(seqs.tokens)} sequences of {bos}{seqs.length} random tokens, repeated"
+        + what
     )
     for name in SCORES:
         top = ", ".join(f"{layer}.{head} {s:.3f}" for layer, head, s in scores.top(name, args.top))
@@ -113,9 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if chosen:
         effect = ablation_effect(model, seqs, chosen)
         clean, ablated = effect.clean, effect.ablated
-        print(
-            f"in-context copying on the second repeat: accuracy {clean.accuracy:.3f}, loss {clean.loss:.3f} nats"
-        )
+        print(f"in-context copying {where}: accuracy {clean.accuracy:.3f}, loss {clean.loss:.3f} nats")
         print(
             f"  without {label} ({_names(effect.heads)}): accuracy {ablated.accuracy:.3f} "
             f"({ablated.accuracy - clean.accuracy:+.3f}), loss {ablated.loss:.3f}"

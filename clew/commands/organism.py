@@ -10,6 +10,7 @@ examples:
   clew organism build --ship                 # the shipped organism (the model: ~15 minutes on 2 CPU cores)
   clew organism build --tiny --out /tmp/org  # a miniature one in under a minute (what the tests build)
   clew organism eval                         # grade the shipped organism on its planted tasks
+  clew organism text --kind induction -o stories.txt   # its training text, e.g. for clew heads --text
 
 --ship writes into the package (clew/organism/weights) and the report to docs/organism.md."""
 
@@ -49,6 +50,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--wrong", type=int, default=0, metavar="N", help="also print N wrong answers")
     e.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     e.set_defaults(func=run_eval)
+    t = verbs.add_parser(
+        "text",
+        help="write documents like the organism's training text",
+        description="Write documents of the organism's corpus (from the same generator and seed, never "
+        "the held-out facts, sums or surnames), separated by blank lines: to read what it was trained on, or to "
+        "score its attention heads on text of its own kind with clew heads --text.",
+    )
+    t.add_argument("--out", "-o", help="file to write (default: standard output)")
+    t.add_argument("--documents", "-n", type=int, default=200, help="how many (default: %(default)s)")
+    t.add_argument(
+        "--kind",
+        choices=("any", "facts", "two_hop", "induction", "addition", "antonyms", "filler", "mixed"),
+        default="any",
+        help="only documents of this kind (default: the corpus's mix)",
+    )
+    t.add_argument("--seed", type=int, default=0, help="seed of the corpus (default: %(default)s)")
+    t.set_defaults(func=run_text)
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
@@ -114,3 +132,31 @@ def run_eval(args: argparse.Namespace) -> int:
     if below:
         print("below the floors: " + "; ".join(below))
     return 1 if below else 0
+
+
+def run_text(args: argparse.Namespace) -> int:
+    import random
+    import sys
+
+    from clew.errors import ClewError
+    from clew.organism import corpus
+
+    if args.documents < 1:
+        raise ClewError(f"--documents must be positive, got {args.documents}")
+    mix = corpus.Mix()
+    if args.kind != "any":
+        names, _ = mix.kinds()
+        mix = corpus.Mix(**{name: float(name == args.kind) for name in names})
+    writer = corpus.Writer(
+        corpus.Split.from_seed(args.seed), random.Random(f"clew-organism-text-{args.seed}"), mix
+    )
+    text = "\n\n".join(writer.document() for _ in range(args.documents)) + "\n"
+    if args.out:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise ClewError(f"cannot write --out {args.out}: {err}") from None
+        print(f"wrote {args.documents} documents ({len(text):,} characters) to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

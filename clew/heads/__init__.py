@@ -11,10 +11,12 @@ from clew.heads.motifs import (
     SCORES,
     HeadScores,
     RepeatedSequences,
+    TextSequences,
     copying_scores,
     pattern_scores,
     repeated_sequences,
     score_heads,
+    text_sequences,
     write_heatmaps,
 )
 
@@ -24,6 +26,7 @@ __all__ = [
     "Copying",
     "HeadScores",
     "RepeatedSequences",
+    "TextSequences",
     "ablate_heads",
     "ablation_effect",
     "copying_accuracy",
@@ -32,5 +35,6 @@ __all__ = [
     "pattern_scores",
     "repeated_sequences",
     "score_heads",
+    "text_sequences",
     "write_heatmaps",
 ]

@@ -6,7 +6,8 @@ belongs to no head, is kept) and restores the saved columns exactly on exit, exc
 
 :func:`copying_accuracy` measures in-context copying on repeated random sequences: at every position
 of the second repeat but its last, does the model's top next-token prediction equal the token that
-followed the current token the first time (the next token of the repeat)?
+followed the current token the first time (the next token of the repeat)? On a text, the same
+question is asked where a token recurs with the same next token.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from clew.errors import ClewError
-from clew.heads.motifs import RepeatedSequences
+from clew.heads.motifs import Sequences, TextSequences
 from clew.models.transformer import Transformer
 
 Head = tuple[int, int]
@@ -75,16 +76,25 @@ class Copying:
 
 
 @torch.no_grad()
-def copying_accuracy(model: Transformer, seqs: RepeatedSequences, batch: int = 8) -> Copying:
-    o, R = seqs.offset, seqs.length
-    at = torch.arange(o + R, o + 2 * R - 1)  # positions in the second repeat with a next token
+def copying_accuracy(model: Transformer, seqs: Sequences, batch: int = 8) -> Copying:
+    """On repeats, every second-repeat position but the last; on text, the positions the induction
+    score is measured at (:class:`~clew.heads.motifs.TextSequences`)."""
+    if isinstance(seqs, TextSequences):
+        where = seqs.masks()[0]  # (B, P)
+    else:
+        o, R = seqs.offset, seqs.length
+        where = torch.zeros(seqs.tokens.shape, dtype=torch.bool)
+        where[:, o + R : o + 2 * R - 1] = True  # positions in the second repeat with a next token
+    target = torch.cat([seqs.tokens[:, 1:], seqs.tokens[:, :1]], dim=1)  # (B, P) the next token
     hits, losses = [], []
     device = model.embed.weight.device
-    for chunk in seqs.tokens.split(batch):
-        logits = model(chunk.to(device))[:, at].float().cpu()  # (b, R-1, V)
-        target = chunk[:, at + 1]  # (b, R-1)
-        hits.append((logits.argmax(-1) == target).float().flatten())
-        losses.append(F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none"))
+    for start in range(0, len(seqs.tokens), batch):
+        rows = slice(start, start + batch)
+        logits = model(seqs.tokens[rows].to(device)).float().cpu()  # (b, P, V)
+        at = where[rows]
+        picked, want = logits[at], target[rows][at]  # (n, V), (n,)
+        hits.append((picked.argmax(-1) == want).float())
+        losses.append(F.cross_entropy(picked, want, reduction="none"))
     return Copying(float(torch.cat(hits).mean()), float(torch.cat(losses).mean()))
 
 
@@ -99,7 +109,7 @@ class Ablation:
         return self.clean.accuracy - self.ablated.accuracy
 
 
-def ablation_effect(model: Transformer, seqs: RepeatedSequences, heads: Iterable[Head]) -> Ablation:
+def ablation_effect(model: Transformer, seqs: Sequences, heads: Iterable[Head]) -> Ablation:
     """In-context copying with and without the given heads."""
     heads = check_heads(model, heads)
     clean = copying_accuracy(model, seqs)

@@ -1,7 +1,17 @@
 """Attention-head motifs: previous-token, duplicate-token and induction heads, and copying OV circuits.
 
 The pattern scores are measured on *repeated random sequences*: the family's beginning-of-sequence
-token when its tokenizer adds one, then R distinct random tokens, then the same R tokens again. With
+token when its tokenizer adds one, then R distinct random tokens, then the same R tokens again. The
+R tokens are drawn in one of two ways (``source``):
+
+* ``"model"`` (the default): sampled from the model itself, one token at a time from its own
+  next-token distribution, with every token already drawn masked out (so that no token occurs twice
+  and each score below has one right answer). The first repeat is then text of the kind the model
+  was trained on. A small model trained on a narrow corpus (the organism) shows no induction at all
+  on uniformly random tokens, which it has never seen, but a clear induction head on its own text.
+* ``"uniform"``: uniformly random ordinary tokens (the classic test; fine for large models).
+
+With
 ``o`` the offset of the first random token (1 after a BOS, else 0), every score is a mean attention
 probability, so in [0, 1]:
 
@@ -63,6 +73,48 @@ class RepeatedSequences:
         return torch.arange(self.offset + self.length, self.offset + 2 * self.length)
 
 
+@dataclass
+class TextSequences:
+    """Windows of a text, for the pattern scores on text where tokens recur naturally (a story that
+    names its characters again and again) rather than on an artificial repeat.
+
+    A position i is scored for the duplicate-token and induction scores when its token occurred
+    earlier, at j < i, and the token after the most recent such j is the token after i: a place where
+    copying what followed the last occurrence is right. There the duplicate-token score is the
+    attention from i to every earlier occurrence of its token, the induction score the attention to
+    every position right after one (other than i itself). Among those places, only the ones where
+    the next token never came earlier in the window except right after this token: where copying is
+    the only way the window tells it (so "agreed that" in a story that uses it twice counts, but not a
+    full stop followed by a word that also begins other sentences). On a repeat of distinct tokens
+    these are the scores of :class:`RepeatedSequences` at every second-repeat position but the last."""
+
+    tokens: Tensor
+    """(B, P) token ids; each row starts with the BOS when the family has one."""
+    offset: int
+    """Position of the first text token: 1 after a BOS, else 0."""
+
+    def masks(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, P) scored positions, and (B, P, P) duplicate and induction keys per query position."""
+        t = self.tokens
+        B, P = t.shape
+        pos = torch.arange(P)
+        text = pos >= self.offset
+        same = (t[:, :, None] == t[:, None, :]) & (pos[None, :] < pos[:, None])[None] & text[None, None, :]
+        nxt = torch.cat([t[:, 1:], torch.full((B, 1), -1, dtype=t.dtype)], dim=1)  # (B, P) token after
+        last = torch.where(same, pos[None, None, :], -1).amax(-1)  # (B, P) the most recent occurrence
+        follows = nxt.gather(1, last.clamp_min(0))
+        # the next token never came earlier in the window except right after this token: copying is
+        # the only way the window tells it
+        elsewhere = (t[:, None, :] == nxt[:, :, None]) & (pos[None, :] <= pos[:, None])[None]  # (B, Pq, Pk)
+        before = torch.cat([torch.full((B, 1), -2, dtype=t.dtype), t[:, :-1]], 1)  # token before each key
+        elsewhere &= before[:, None, :] != t[:, :, None]
+        query = (last >= 0) & (follows == nxt) & (nxt >= 0) & text[None, :] & ~elsewhere.any(-1)
+        after = torch.zeros_like(same)
+        after[:, :, 1:] = same[:, :, :-1]
+        after &= pos[None, None, :] != pos[None, :, None]
+        return query, same, after
+
+
 def bos_token(model: Transformer) -> int | None:
     """The token the family's tokenizer puts first, or None (no tokenizer, or none is added)."""
     tok = model.tokenizer
@@ -72,10 +124,21 @@ def bos_token(model: Transformer) -> int | None:
     return tok.bos_token_id if ids and ids[0] == tok.bos_token_id else None
 
 
+SOURCES = ("model", "uniform")
+
+
 def repeated_sequences(
-    model: Transformer, n_seqs: int = 8, length: int | None = None, seed: int = 0
+    model: Transformer,
+    n_seqs: int = 8,
+    length: int | None = None,
+    seed: int = 0,
+    source: str = "model",
+    temperature: float = 1.0,
 ) -> RepeatedSequences:
-    """``n_seqs`` sequences of ``length`` distinct random ordinary tokens, each repeated twice."""
+    """``n_seqs`` sequences of ``length`` distinct random ordinary tokens, each repeated twice; the
+    tokens are sampled from the model (``source="model"``) or uniformly (``"uniform"``)."""
+    if source not in SOURCES:
+        raise ClewError(f"unknown sequence source {source!r}; known: {', '.join(SOURCES)}")
     bos = bos_token(model)
     offset = 0 if bos is None else 1
     room = (model.cfg.n_ctx - offset) // 2
@@ -86,6 +149,8 @@ def repeated_sequences(
         raise ClewError(f"a repeat of {length} tokens twice does not fit the context of {model.cfg.n_ctx}")
     if n_seqs < 1:
         raise ClewError(f"the number of sequences must be positive, got {n_seqs}")
+    if temperature <= 0:
+        raise ClewError(f"the sampling temperature must be positive, got {temperature}")
     vocab = model.cfg.vocab_size
     tok = model.tokenizer
     if tok is not None and len(tok) > 2 * length:  # rows past the tokenizer's vocabulary are padding
@@ -97,12 +162,69 @@ def repeated_sequences(
             f"the vocabulary has {len(candidates)} ordinary tokens, fewer than the repeat length {length}"
         )
     g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n_seqs):
-        first = candidates[torch.randperm(len(candidates), generator=g)[:length]]
-        head = [torch.tensor([bos])] if bos is not None else []
-        rows.append(torch.cat([*head, first, first]))
-    return RepeatedSequences(torch.stack(rows), offset, length)
+    if source == "uniform":
+        first = torch.stack(
+            [candidates[torch.randperm(len(candidates), generator=g)[:length]] for _ in range(n_seqs)]
+        )
+    else:
+        first = _sample_distinct(model, candidates, n_seqs, length, bos, temperature, g)
+    head = torch.full((n_seqs, offset), bos if bos is not None else 0, dtype=torch.long)
+    return RepeatedSequences(torch.cat([head, first, first], dim=1), offset, length)
+
+
+@torch.no_grad()
+def _sample_distinct(
+    model: Transformer,
+    candidates: Tensor,
+    n_seqs: int,
+    length: int,
+    bos: int | None,
+    temperature: float,
+    g: torch.Generator,
+) -> Tensor:
+    """(n_seqs, length) tokens sampled from the model's next-token distributions restricted to
+    ``candidates``, each token at most once per sequence. Without a BOS the first token is uniform."""
+    device = model.embed.weight.device
+    allowed = torch.zeros(n_seqs, model.cfg.vocab_size, dtype=torch.bool)
+    allowed[:, candidates] = True
+    if bos is None:
+        start = candidates[torch.randint(len(candidates), (n_seqs,), generator=g)]
+        seqs = start[:, None]
+        allowed[torch.arange(n_seqs), start] = False
+    else:
+        seqs = torch.full((n_seqs, 1), bos, dtype=torch.long)
+    while seqs.shape[1] < length + (bos is not None):
+        logits = model(seqs.to(device))[:, -1].float().cpu() / temperature  # (B, V)
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        nxt = torch.multinomial(logits.softmax(-1), 1, generator=g)[:, 0]  # (B,)
+        allowed[torch.arange(n_seqs), nxt] = False
+        seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+    return seqs[:, 1:] if bos is not None else seqs
+
+
+Sequences = RepeatedSequences | TextSequences
+
+
+def text_sequences(
+    model: Transformer, text: str, n_seqs: int = 8, length: int | None = None
+) -> TextSequences:
+    """Up to ``n_seqs`` consecutive windows of ``length`` tokens of ``text`` (default: what fits the
+    context, at most 256), each after the family's BOS."""
+    tok = model.tokenizer
+    if tok is None:
+        raise ClewError("scoring heads on a text needs the model's tokenizer, and this model has none")
+    bos = bos_token(model)
+    offset = 0 if bos is None else 1
+    length = min(256, model.cfg.n_ctx - offset) if length is None else length
+    if not 2 <= length <= model.cfg.n_ctx - offset:
+        raise ClewError(f"the window length must be from 2 to {model.cfg.n_ctx - offset}, got {length}")
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    n = min(n_seqs, len(ids) // length)
+    if n < 1:
+        raise ClewError(f"the text has {len(ids)} tokens, fewer than one window of {length}")
+    body = torch.tensor(ids[: n * length]).view(n, length)
+    head = torch.full((n, offset), bos if bos is not None else 0, dtype=torch.long)
+    return TextSequences(torch.cat([head, body], dim=1), offset)
 
 
 @dataclass
@@ -128,8 +250,10 @@ class HeadScores:
 
 
 @torch.no_grad()
-def pattern_scores(model: Transformer, seqs: RepeatedSequences, batch: int = 4) -> dict[str, Tensor]:
+def pattern_scores(model: Transformer, seqs: Sequences, batch: int = 4) -> dict[str, Tensor]:
     """The three attention-pattern scores, each (L, H), averaged over the sequences."""
+    if isinstance(seqs, TextSequences):
+        return _text_pattern_scores(model, seqs, batch)
     device = model.embed.weight.device
     total: dict[str, Tensor] = {}
     for chunk in seqs.tokens.split(batch):
@@ -139,6 +263,37 @@ def pattern_scores(model: Transformer, seqs: RepeatedSequences, batch: int = 4) 
         for name, s in part.items():
             total[name] = total.get(name, 0) + s.double() * len(chunk)
     return {name: (s / len(seqs.tokens)).float() for name, s in total.items()}
+
+
+@torch.no_grad()
+def _text_pattern_scores(model: Transformer, seqs: TextSequences, batch: int) -> dict[str, Tensor]:
+    query, dup, ind = seqs.masks()
+    n_query = int(query.sum())
+    if n_query == 0:
+        raise ClewError("no token of the text recurs with the same next token: nothing to score induction on")
+    device = model.embed.weight.device
+    P = seqs.tokens.shape[1]
+    prev = torch.zeros(P, P, dtype=torch.bool)
+    prev[torch.arange(seqs.offset + 1, P), torch.arange(seqs.offset, P - 1)] = True
+    sums = {
+        name: torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.float64) for name in SCORES[:3]
+    }
+    for start in range(0, len(seqs.tokens), batch):
+        rows = slice(start, start + batch)
+        cache = model.run(seqs.tokens[rows].to(device), record=True).cache
+        assert cache is not None
+        q = query[rows][:, None, :, None].float()  # (b, 1, P, 1)
+        for layer, pattern in enumerate(cache.patterns):
+            p = pattern.float().cpu()  # (b, H, P, P)
+            sums["previous_token"][layer] += (p * prev).sum((0, 2, 3)).double()
+            sums["duplicate_token"][layer] += (p * dup[rows][:, None] * q).sum((0, 2, 3)).double()
+            sums["induction"][layer] += (p * ind[rows][:, None] * q).sum((0, 2, 3)).double()
+    n_prev = len(seqs.tokens) * int(prev.sum())
+    return {
+        "previous_token": (sums["previous_token"] / n_prev).float(),
+        "duplicate_token": (sums["duplicate_token"] / n_query).float(),
+        "induction": (sums["induction"] / n_query).float(),
+    }
 
 
 def scores_from_patterns(patterns: list[Tensor], seqs: RepeatedSequences) -> dict[str, Tensor]:
@@ -192,10 +347,19 @@ def copying_scores(model: Transformer) -> Tensor:
 
 
 def score_heads(
-    model: Transformer, n_seqs: int = 8, length: int | None = None, seed: int = 0
-) -> tuple[HeadScores, RepeatedSequences]:
-    """Every head's four scores, and the repeated sequences the pattern scores were measured on."""
-    seqs = repeated_sequences(model, n_seqs, length, seed)
+    model: Transformer,
+    n_seqs: int = 8,
+    length: int | None = None,
+    seed: int = 0,
+    source: str = "model",
+    text: str | None = None,
+) -> tuple[HeadScores, Sequences]:
+    """Every head's four scores, and the sequences the pattern scores were measured on: windows of
+    ``text`` when it is given, else repeated random sequences drawn from ``source``."""
+    if text is not None:
+        seqs: Sequences = text_sequences(model, text, n_seqs, length)
+    else:
+        seqs = repeated_sequences(model, n_seqs, length, seed, source)
     patterns = pattern_scores(model, seqs)
     return HeadScores(copying=copying_scores(model), **patterns), seqs
 

@@ -186,13 +186,14 @@ def load_model(
 
 
 def load_folder(
-    folder: Path,
+    folder: str | Path,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     tokenizer: bool = True,
 ) -> Transformer:
     """Load a local Hugging Face folder (``config.json``, safetensors, tokenizer files)."""
+    folder = Path(folder)
     cfg = ModelConfig.from_hf_file(folder / "config.json")
     with torch.device("meta"):
         model = Transformer(cfg)

@@ -10,8 +10,9 @@ Five tasks are planted, each with a *train* set (what the documents teach) and a
   never appears in this sentence (only in one-hop facts such as "Dallas is a city in Texas"), so
   answering for it needs the two facts composed inside the model.
 - ``induction``: invented surnames, made afresh for each passage, recur in it; after a later "Mr"
-  the surname seen earlier must follow. Held out: a gap between the introduction and the question
-  longer than the passages have (the surnames are new either way).
+  the surname seen earlier must follow. Held out: a tenth of all possible surnames, which no
+  document ever contains (the corpus draws its names from the rest), so the model cannot have met
+  them anywhere but in the probe's own passage.
 - ``addition``: "36+59=95", operands from 10 to 99. Held out: a tenth of the operand pairs.
 - ``antonyms``: "The opposite of small is large." and "Le contraire de petit est grand.", both
   ways round. Held out: as for facts, a phrasing never used for that pair and direction.
@@ -22,6 +23,7 @@ documents and the same probes.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,8 +34,8 @@ TASKS = ("facts", "two_hop", "induction", "addition", "antonyms")
 SPLITS = ("train", "heldout")
 TWO_HOP = "The capital of the state containing {s} is {o}."
 TRAIN_SURNAME_SYLLABLES = (2, 3)
-INDUCTION_GAP = (7, 9)
-"""Sentences between a surname's introduction and the held-out question about it."""
+HELDOUT_SURNAME_FRACTION = 0.1
+"""The share of surnames that no document contains (held-out induction probes use only these)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,12 @@ class Split:
                     phrasings[(rel.name, s)] = rng.choice(rel.askable())
         return cls(frozenset(cities), frozenset(sums), phrasings)
 
+    def heldout_surname(self, name: str) -> bool:
+        """Whether an invented surname is in the held-out tenth (a fixed hash of the name and nothing
+        else, so the same names are held out for every seed, in every process)."""
+        digest = hashlib.blake2b(name.lower().encode(), digest_size=4).digest()
+        return int.from_bytes(digest, "big") % 1000 < HELDOUT_SURNAME_FRACTION * 1000
+
     def two_hop_cities(self, split: str) -> list[tuple[str, world.State]]:
         """Non-capital cities taught (``"train"``) or held out (``"heldout"``) in the two-hop sentence."""
         every = [(c, s) for s in world.US_STATES for c in s.cities]
@@ -184,13 +192,13 @@ class Split:
 class Mix:
     """The share of documents of each kind (normalised when used)."""
 
-    facts: float = 0.28
+    facts: float = 0.24
     two_hop: float = 0.12
-    induction: float = 0.26
-    addition: float = 0.16
-    antonyms: float = 0.08
-    filler: float = 0.04
-    mixed: float = 0.06
+    induction: float = 0.28
+    addition: float = 0.27
+    antonyms: float = 0.06
+    filler: float = 0.016
+    mixed: float = 0.016
 
     def kinds(self) -> tuple[list[str], list[float]]:
         names = ["facts", "two_hop", "induction", "addition", "antonyms", "filler", "mixed"]
@@ -225,6 +233,8 @@ class Writer:
     rng: random.Random
     mix: Mix = field(default_factory=Mix)
     surname_syllables: tuple[int, ...] = TRAIN_SURNAME_SYLLABLES
+    heldout_surnames: bool = False
+    """Draw surnames only from the held-out tenth (for held-out probes); else never from it."""
 
     def __post_init__(self) -> None:
         self._two_hop = self.split.two_hop_cities("train")
@@ -275,7 +285,10 @@ class Writer:
         return r.choice(options)
 
     def surname(self, syllables: int) -> str:
-        return "".join(self.rng.choice(world.SURNAME_SYLLABLES) for _ in range(syllables)).capitalize()
+        while True:
+            name = "".join(self.rng.choice(world.SURNAME_SYLLABLES) for _ in range(syllables)).capitalize()
+            if self.split.heldout_surname(name) == self.heldout_surnames:
+                return name
 
     # ---- documents ----------------------------------------------------------------------------
 
@@ -404,25 +417,15 @@ def probes(seed: int, n_generated: int = 200) -> list[Probe]:
 
 
 def induction_probe(writer: Writer, split: str) -> Probe:
-    """A passage cut just after a later "Mr": the answer is the surname he was introduced with.
-
-    Train: a passage like the corpus's, cut at one of the later mentions. Held out: the introductions,
-    then :data:`INDUCTION_GAP` sentences without him (the other person, filler), then "Mr": a longer
-    gap than the corpus's passages have."""
-    lines = writer.story()
+    """A passage like the corpus's, cut just after a later "Mr": the answer is the surname he was
+    introduced with. Held out: the passage's surnames are from the tenth no document contains."""
+    writer.heldout_surnames = split == "heldout"
+    try:
+        lines = writer.story()
+    finally:
+        writer.heldout_surnames = False
     hero = lines[1].split()[1]
-    if split == "train":
-        cut = writer.rng.choice([i for i, line in enumerate(lines) if i > 1 and f"Mr {hero}" in line])
-        group = "near"
-    else:
-        r, other = writer.rng, " ".join(lines[2].split()[:2])  # "Ms Belmin"
-        gap = []
-        for _ in range(r.randint(*INDUCTION_GAP)):
-            if r.random() < 0.5:
-                gap.append(r.choice(STORY_MENTIONS).format(name=other, action=r.choice(STORY_ACTIONS)))
-            else:
-                gap.append(writer.filler())
-        mention = r.choice(STORY_MENTIONS).format(name=f"Mr {hero}", action=r.choice(STORY_ACTIONS))
-        lines, cut, group = [*lines[:3], *gap, mention], 3 + len(gap), "long gap"
+    cut = writer.rng.choice([i for i, line in enumerate(lines) if i > 1 and f"Mr {hero}" in line])
     prefix = lines[cut][: lines[cut].index(f"Mr {hero}") + len("Mr")]
+    group = "corpus surnames" if split == "train" else "unseen surnames"
     return Probe("induction", group, split, " ".join([*lines[:cut], prefix]), " " + hero)
