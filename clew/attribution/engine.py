@@ -45,13 +45,10 @@ class _WriteSources:
     vectors: Tensor
     """(P, S, D) the vector each source writes (activation times decoder row, or the error), zero-padded."""
     columns: Tensor
-    """(P, S) the source's column in the adjacency rows, or -1 for padding."""
-    extra_vectors: Tensor
-    """(X, D) sources beyond the padded width S at crowded positions (the first token often has many)."""
-    extra_columns: Tensor
-    """(X,) their columns."""
-    extra_pos: Tensor
-    """(X,) their positions."""
+    """(P, S) the source's column in the adjacency rows (padding: column 0, with a zero vector)."""
+    crowded: list[tuple[int, Tensor, Tensor]]
+    """Sources beyond the padded width S at the few crowded positions (the first token often has many
+    more features than the rest): per such position, (position, (X, D) vectors, (X,) columns)."""
 
 
 class Engine:
@@ -121,14 +118,6 @@ class Engine:
         self.feat_index: Tensor = torch.cat(indices)  # (N,)
         self.feat_act: Tensor = torch.cat(values)  # (N,)
         self.n_features = len(self.feat_layer)
-        errors = []
-        for layer in range(L):
-            recon = self.tc.decode(acts, layer)
-            skip = self.tc.skip_term(layer, self.read_input(layer))
-            if skip is not None:
-                recon = recon + skip
-            errors.append(self.true_output(layer) - recon)
-        self.errors: Tensor = torch.stack(errors)  # (L, P, D)
         self.embeddings: Tensor = self.cache.resid_pre[0][0]  # (P, D): the residual stream entering layer 0
         self.error_offset = self.n_features
         self.embed_offset = self.n_features + L * P
@@ -141,16 +130,15 @@ class Engine:
         return self.embed_offset + pos
 
     def _build_sources(self) -> None:
-        """For each write layer, the padded (P, S, D) block of source vectors written there."""
+        """For each write layer, the padded (P, S, D) block of source vectors written there, and the
+        error nodes: what the MLP really wrote minus the features' writes, decoder bias and skip term
+        (the decoder rows are read once, for both)."""
         L, P, D = self.n_layers, self.n_pos, self.d_model
         self.sources: list[_WriteSources] = []
+        errors = []
         feature_columns = torch.arange(self.n_features, device=self.device)
         for dst in range(L):
-            vecs, cols, pos = (
-                [self.errors[dst]],
-                [self.error_offset + dst * P + torch.arange(P, device=self.device)],
-                [torch.arange(P, device=self.device)],
-            )
+            vecs, cols, pos = [], [], []
             src_layers = range(dst + 1) if self.cross_layer else [dst]
             for src in src_layers:
                 sel = self.feat_layer == src
@@ -160,6 +148,16 @@ class Engine:
                 vecs.append(dec.float() * self.feat_act[sel, None].float())  # in float32 whatever is stored
                 cols.append(feature_columns[sel])
                 pos.append(self.feat_pos[sel])
+            recon = self.tc.decoder_bias(dst).float().expand(P, D).clone()  # (P, D)
+            if vecs:
+                recon.index_add_(0, torch.cat(pos), torch.cat(vecs))
+            skip = self.tc.skip_term(dst, self.read_input(dst))
+            if skip is not None:
+                recon += skip.float()
+            errors.append(self.true_output(dst).float() - recon)
+            vecs.insert(0, errors[-1])
+            cols.insert(0, self.error_offset + dst * P + torch.arange(P, device=self.device))
+            pos.insert(0, torch.arange(P, device=self.device))
             v, c, p = torch.cat(vecs), torch.cat(cols), torch.cat(pos)
             order = torch.argsort(p, stable=True)
             v, c, p = v[order], c[order], p[order]
@@ -167,15 +165,21 @@ class Engine:
             slot = torch.arange(len(p), device=self.device) - torch.repeat_interleave(
                 torch.cumsum(counts, 0) - counts, counts
             )
-            # pad to what most positions need; the few crowded positions' surplus goes to a short list
+            # pad to what most positions need; the crowded positions' surplus is kept per position
             width = max(1, int(counts.float().quantile(0.95).ceil()))
             inside = slot < width
             padded = torch.zeros(P, width, D, dtype=self.dtype, device=self.device)
             padded[p[inside], slot[inside]] = v[inside].to(self.dtype)
-            columns = torch.full((P, width), -1, dtype=torch.long, device=self.device)
+            # padding points at column 0 with a zero vector: it adds exactly 0 there, and no mask is needed
+            columns = torch.zeros((P, width), dtype=torch.long, device=self.device)
             columns[p[inside], slot[inside]] = c[inside]
             out = ~inside
-            self.sources.append(_WriteSources(padded, columns, v[out].to(self.dtype), c[out], p[out]))
+            crowded = [
+                (int(q), v[out & (p == q)].to(self.dtype), c[out & (p == q)])
+                for q in p[out].unique().tolist()
+            ]
+            self.sources.append(_WriteSources(padded, columns, crowded))
+        self.errors: Tensor = torch.stack(errors)  # (L, P, D)
 
     # --- targets -----------------------------------------------------------------------------------------
 
@@ -339,13 +343,11 @@ class Engine:
         src = self.sources[layer]
         P = g.shape[0]
         vals = torch.bmm(g, src.vectors[:P].transpose(1, 2))  # (P, B, S)
-        cols = src.columns[:P]  # (P, S)
-        keep = cols >= 0
-        rows.index_add_(1, cols[keep], vals.transpose(0, 1)[:, keep])
-        extra = src.extra_pos < P
-        if extra.any():  # the crowded positions' surplus: (X, B, D) . (X, D) -> (B, X)
-            vals = torch.einsum("xbd,xd->bx", g[src.extra_pos[extra]], src.extra_vectors[extra])
-            rows.index_add_(1, src.extra_columns[extra], vals)
+        B, S = vals.shape[1], vals.shape[2]
+        rows.index_add_(1, src.columns[:P].flatten(), vals.transpose(0, 1).reshape(B, P * S))
+        for pos, vectors, columns in src.crowded:  # the crowded positions' surplus: (B, D) @ (D, X)
+            if pos < P:
+                rows.index_add_(1, columns, g[pos] @ vectors.T)
 
     def _skip_transpose(self, layer: int, grad: Tensor) -> Tensor:
         """The gradient through the transcoder's dense skip path, from its output back to the residual."""

@@ -143,7 +143,7 @@ def trace(
     done = 0
     bar = tqdm(total=budget, desc="attribution", unit="feature", disable=not progress, leave=False)
     if batch_size is None:  # ranking between batches favours small ones; without ranking, larger is faster
-        batch_size = 512 if budget == N else 256
+        batch_size = 1024 if budget == N else 256
     while done < budget:
         if budget == N:  # every feature gets a row: take them in (layer, position) order
             batch = torch.arange(done, min(done + batch_size, N), device=dev)

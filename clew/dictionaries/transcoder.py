@@ -133,7 +133,10 @@ class LazyDecoder:
 
     def _read(self, index: tuple) -> Tensor:
         with safe_open(self.path, framework="pt") as f:
-            out = f.get_slice(self.key)[index]
+            return f.get_slice(self.key)[index]
+
+    def _checked(self, out: Tensor) -> Tensor:
+        """``out``, unless it holds a NaN or an infinity (checked on what is used, not on what is read)."""
         if out.is_floating_point() and not torch.isfinite(out).all():
             raise ClewError(f"{self.path}: {self.key} contains NaN or infinite values")
         return out
@@ -145,11 +148,11 @@ class LazyDecoder:
             return self._read((slice(0, 0),) if j is None else (slice(0, 0), j))
         lo, hi = int(idx.min()), int(idx.max()) + 1  # one contiguous read, then pick the rows
         block = self._read((slice(lo, hi),) if j is None else (slice(lo, hi), j))
-        return block[idx - lo]
+        return self._checked(block[idx - lo])
 
     def full(self, dst_layer: int) -> Tensor:
         j = self._slot(dst_layer)
-        return self._read((slice(None),) if j is None else (slice(None), j))
+        return self._checked(self._read((slice(None),) if j is None else (slice(None), j)))
 
 
 class Transcoder(nn.Module):
