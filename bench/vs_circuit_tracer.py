@@ -3,6 +3,7 @@
     python bench/vs_circuit_tracer.py                 # the comparison table (installs circuit-tracer)
     python bench/vs_circuit_tracer.py --scale         # clew alone on 64 / 256 / 1024-token prompts
     python bench/vs_circuit_tracer.py --budgets 256   # a subset of the rows
+    python bench/vs_circuit_tracer.py --ct-batch-size 256   # circuit-tracer at its fastest setting
 
 circuit-tracer runs in its own virtual environment (bench/.ctvenv, created on first use with
 circuit-tracer==0.5.0, nnsight==0.6.3 and torch==2.13.0) through its nnsight backend. Both tools read
@@ -237,8 +238,9 @@ def run_worker(python: str, kind: str, a: argparse.Namespace, ids: list[int], bu
         "--threads",
         str(a.threads),
     ]
-    if a.batch_size is not None:
-        cmd += ["--batch-size", str(a.batch_size)]
+    batch_size = a.ct_batch_size if kind == "ct" and a.ct_batch_size is not None else a.batch_size
+    if batch_size is not None:
+        cmd += ["--batch-size", str(batch_size)]
     if budget is not None:
         cmd += ["--budget", str(budget)]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(HERE.parent)}
@@ -258,6 +260,7 @@ def main() -> None:
     p.add_argument("--budget", type=int)
     p.add_argument("--budgets", nargs="+", default=["256", "1024", "all"])
     p.add_argument("--batch-size", type=int, help="clew: automatic by default; circuit-tracer: 512")
+    p.add_argument("--ct-batch-size", type=int, help="circuit-tracer alone (e.g. 256, where it is fastest)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
         "--scale", action="store_true", help="clew alone: 64, 256, 1024 tokens, budget 4096 (or --budget)"

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="targets per backward pass (default: 256 while ranking features under a budget, else 512)",
+        help="targets per backward pass (default: 256 while ranking features under a budget, else 1024)",
     )
     p.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="attribution precision"
