@@ -5,11 +5,7 @@ sparse dictionary, freeze what is nonlinear, and compute the exact direct effect
 every other.
 """
 
-from clew.allocator import keep_freed_memory
-
-keep_freed_memory()
-
-from clew.models import ModelConfig, Transformer, load_model  # noqa: E402
+from clew.models import ModelConfig, Transformer, load_model
 
 __version__ = "0.1.0"
 

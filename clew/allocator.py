@@ -5,9 +5,14 @@ smaller ones) from a fresh ``mmap`` and returns it with ``munmap`` when freed. A
 batch of attribution rows allocates and frees such blocks many times a second, and the kernel must
 zero every new page: on two cores that page-fault work took a third of the time of a training
 loop. :func:`keep_freed_memory` tells malloc to serve large blocks from its heap and to keep what is
-freed (``mallopt(M_MMAP_MAX, 0)``, a trim threshold of 1 GiB, heap growth in 64 MB steps). Peak memory is unchanged; the
-process simply does not shrink between steps. ``import clew`` calls it once; set ``CLEW_MALLOC=system``
-to leave malloc as it is. Other C libraries (macOS, musl, Windows) are left alone.
+freed (``mallopt(M_MMAP_MAX, 0)``, a trim threshold of 1 GiB, heap growth in 64 MB steps).
+
+The training loops call it (``clew.training.train`` and the organism's model training): there the same
+blocks come and go every step, and steps ran 1.13x faster for it. Tracing does not: a long prompt's
+attribution allocates few, very large blocks, and kept heap memory fragments; the 1,024-token scale
+benchmark peaked at 20.8 GB with it against 13.8 GB without. Once called, it holds for the process.
+Set ``CLEW_MALLOC=system`` to leave malloc as it is. Other C libraries (macOS, musl, Windows) are left
+alone.
 
 Measured with ``python bench/allocator.py``.
 """

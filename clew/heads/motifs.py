@@ -218,7 +218,7 @@ def text_sequences(
     length = min(256, model.cfg.n_ctx - offset) if length is None else length
     if not 2 <= length <= model.cfg.n_ctx - offset:
         raise ClewError(f"the window length must be from 2 to {model.cfg.n_ctx - offset}, got {length}")
-    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    ids = list(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
     n = min(n_seqs, len(ids) // length)
     if n < 1:
         raise ClewError(f"the text has {len(ids)} tokens, fewer than one window of {length}")

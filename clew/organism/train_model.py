@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from clew.allocator import keep_freed_memory
 from clew.models.config import ModelConfig
 from clew.models.transformer import Transformer
 
@@ -136,6 +137,7 @@ def train_model(
     as many as fit in ``seconds``."""
     if (steps is None) == (seconds is None):
         raise ValueError("give exactly one of steps and seconds")
+    keep_freed_memory()
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from clew.allocator import keep_freed_memory
 from clew.dictionaries import Transcoder, save_transcoder
 from clew.errors import ClewError
 from clew.training import dist
@@ -292,6 +293,7 @@ def adam(params: Any, lr: float) -> torch.optim.Adam:
 
 def train(cfg: TrainConfig, model: Any = None) -> TrainResult:
     """Train a transcoder as ``cfg`` says, save it in ``cfg.out``, and evaluate it."""
+    keep_freed_memory()
     trainer = Trainer(cfg, model)
     trainer.train()
     return trainer.finish()
