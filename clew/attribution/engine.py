@@ -14,6 +14,7 @@ N active features, C columns (sources).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -286,20 +287,22 @@ class Engine:
         batch = torch.arange(B, device=self.device)
         layers = targets.layer.tolist()
         assert all(a >= b for a, b in zip(layers, layers[1:])), "targets must come by descending layer"
-        top = layers[0]
-        at_top = targets.layer == top
-        grad[targets.pos[at_top], batch[at_top]] = targets.vectors[at_top].to(dt)
-        for layer in range(min(top, L - 1), -1, -1):
-            if layer < top:  # above the highest target nothing is written that it could see
-                n = sum(1 for t in layers if t > layer)  # the targets above this layer's write point
-                self._contract(layer, grad[:, :n], rows[:n])
+        negated = [-t for t in layers]  # ascending, for bisection
+        start = min(layers[0], L - 1)  # above the highest target nothing is written that it could see
+
+        def inject(a: int, b: int) -> None:  # targets a..b-1 start here
+            grad[targets.pos[a:b], batch[a:b]] += targets.vectors[a:b].to(dt)
+
+        inject(0, bisect.bisect_left(negated, -start))  # targets read after the last layer (logits)
+        for layer in range(start, -1, -1):
+            above = bisect.bisect_left(negated, -layer)  # targets above this layer's write point
+            if above:
+                self._contract(layer, grad[:, :above], rows[:above])
                 if self.tc.cfg.skip:
-                    grad[:, :n] += self._skip_transpose(layer, grad[:, :n])
-                here = targets.layer == layer
-                if here.any():
-                    grad[targets.pos[here], batch[here]] += targets.vectors[here].to(dt)
-            n = sum(1 for t in layers if t >= layer)
-            grad[:, :n] += self._attention_transpose(layer, grad[:, :n])
+                    grad[:, :above] += self._skip_transpose(layer, grad[:, :above])
+            reach = bisect.bisect_right(negated, -layer)  # and those reading at this layer
+            inject(above, reach)
+            grad[:, :reach] += self._attention_transpose(layer, grad[:, :reach])
         rows[:, self.embed_offset : self.embed_offset + P] = torch.einsum(
             "pbd,pd->bp", grad, self.embeddings[:P].to(dt)
         )
