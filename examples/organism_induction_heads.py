@@ -21,8 +21,9 @@ from clew.organism import build_info, corpus, evaluate, greedy_judge, model_path
 
 model = load_model("organism")
 seed = build_info(model_path()).get("seed", 0)
-mix = corpus.Mix(**{name: float(name == "induction") for name in corpus.Mix().kinds()[0]})
-writer = corpus.Writer(corpus.Split.from_seed(seed), random.Random("clew-organism-text-0"), mix)
+writer = corpus.Writer(
+    corpus.Split.from_seed(seed), random.Random("clew-organism-text-0"), corpus.Mix.only("induction")
+)
 stories = "\n".join(writer.document() for _ in range(300))
 
 scores, seqs = score_heads(model, n_seqs=8, text=stories)

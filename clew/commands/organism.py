@@ -143,10 +143,7 @@ def run_text(args: argparse.Namespace) -> int:
 
     if args.documents < 1:
         raise ClewError(f"--documents must be positive, got {args.documents}")
-    mix = corpus.Mix()
-    if args.kind != "any":
-        names, _ = mix.kinds()
-        mix = corpus.Mix(**{name: float(name == args.kind) for name in names})
+    mix = corpus.Mix() if args.kind == "any" else corpus.Mix.only(args.kind)
     writer = corpus.Writer(
         corpus.Split.from_seed(args.seed), random.Random(f"clew-organism-text-{args.seed}"), mix
     )

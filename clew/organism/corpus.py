@@ -28,6 +28,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from clew.errors import ClewError
 from clew.organism import world
 
 TASKS = ("facts", "two_hop", "induction", "addition", "antonyms")
@@ -172,7 +173,8 @@ class Split:
                     phrasings[(rel.name, s)] = rng.choice(rel.askable())
         return cls(frozenset(cities), frozenset(sums), phrasings)
 
-    def heldout_surname(self, name: str) -> bool:
+    @staticmethod
+    def heldout_surname(name: str) -> bool:
         """Whether an invented surname is in the held-out tenth (a fixed hash of the name and nothing
         else, so the same names are held out for every seed, in every process)."""
         digest = hashlib.blake2b(name.lower().encode(), digest_size=4).digest()
@@ -204,6 +206,14 @@ class Mix:
         names = ["facts", "two_hop", "induction", "addition", "antonyms", "filler", "mixed"]
         return names, [getattr(self, n) for n in names]
 
+    @classmethod
+    def only(cls, kind: str) -> Mix:
+        """A mix of documents of one kind alone."""
+        names, _ = cls().kinds()
+        if kind not in names:
+            raise ClewError(f"unknown document kind {kind!r}; known: {', '.join(names)}")
+        return cls(**{name: float(name == kind) for name in names})
+
 
 def _fill(template: str, s: str, o: str) -> str:
     text = template.format(s=s, o=o, de_s=_de(s), de_o=_de(o))
@@ -233,8 +243,6 @@ class Writer:
     rng: random.Random
     mix: Mix = field(default_factory=Mix)
     surname_syllables: tuple[int, ...] = TRAIN_SURNAME_SYLLABLES
-    heldout_surnames: bool = False
-    """Draw surnames only from the held-out tenth (for held-out probes); else never from it."""
 
     def __post_init__(self) -> None:
         self._two_hop = self.split.two_hop_cities("train")
@@ -284,23 +292,25 @@ class Writer:
         ]
         return r.choice(options)
 
-    def surname(self, syllables: int) -> str:
+    def surname(self, syllables: int, heldout: bool = False) -> str:
+        """An invented surname: from the held-out tenth when ``heldout`` (for held-out probes), else
+        never from it."""
         while True:
             name = "".join(self.rng.choice(world.SURNAME_SYLLABLES) for _ in range(syllables)).capitalize()
-            if self.split.heldout_surname(name) == self.heldout_surnames:
+            if Split.heldout_surname(name) == heldout:
                 return name
 
     # ---- documents ----------------------------------------------------------------------------
 
-    def story(self, syllables: tuple[int, ...] | None = None) -> list[str]:
+    def story(self, syllables: tuple[int, ...] | None = None, heldout: bool = False) -> list[str]:
         """An induction passage: a Mr and someone else with invented surnames, each mentioned often.
         Titles are written without a full stop (British style), so that the title is one token."""
         r = self.rng
         syllables = syllables or self.surname_syllables
-        hero = self.surname(r.choice(syllables))
-        other = self.surname(r.choice(syllables))
+        hero = self.surname(r.choice(syllables), heldout)
+        other = self.surname(r.choice(syllables), heldout)
         while other == hero:
-            other = self.surname(r.choice(syllables))
+            other = self.surname(r.choice(syllables), heldout)
         title = r.choice(("Ms", "Mrs", "Dr"))
         city, _ = r.choice(CITIES)
         lines = [f"It was a quiet {r.choice(('morning', 'evening', 'day'))} in {city}."]
@@ -419,11 +429,7 @@ def probes(seed: int, n_generated: int = 200) -> list[Probe]:
 def induction_probe(writer: Writer, split: str) -> Probe:
     """A passage like the corpus's, cut just after a later "Mr": the answer is the surname he was
     introduced with. Held out: the passage's surnames are from the tenth no document contains."""
-    writer.heldout_surnames = split == "heldout"
-    try:
-        lines = writer.story()
-    finally:
-        writer.heldout_surnames = False
+    lines = writer.story(heldout=split == "heldout")
     hero = lines[1].split()[1]
     cut = writer.rng.choice([i for i, line in enumerate(lines) if i > 1 and f"Mr {hero}" in line])
     prefix = lines[cut][: lines[cut].index(f"Mr {hero}") + len("Mr")]
