@@ -168,8 +168,7 @@ def repeated_sequences(
         )
     else:
         first = _sample_distinct(model, candidates, n_seqs, length, bos, temperature, g)
-    head = torch.full((n_seqs, offset), bos if bos is not None else 0, dtype=torch.long)
-    return RepeatedSequences(torch.cat([head, first, first], dim=1), offset, length)
+    return RepeatedSequences(_after_bos(torch.cat([first, first], dim=1), bos), offset, length)
 
 
 @torch.no_grad()
@@ -223,8 +222,14 @@ def text_sequences(
     if n < 1:
         raise ClewError(f"the text has {len(ids)} tokens, fewer than one window of {length}")
     body = torch.tensor(ids[: n * length]).view(n, length)
-    head = torch.full((n, offset), bos if bos is not None else 0, dtype=torch.long)
-    return TextSequences(torch.cat([head, body], dim=1), offset)
+    return TextSequences(_after_bos(body, bos), offset)
+
+
+def _after_bos(rows: Tensor, bos: int | None) -> Tensor:
+    """(B, P) token rows with the family's BOS put first, when it has one."""
+    if bos is None:
+        return rows
+    return torch.cat([torch.full((len(rows), 1), bos, dtype=rows.dtype), rows], dim=1)
 
 
 @dataclass
