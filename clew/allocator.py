@@ -1,16 +1,16 @@
 """Keep freed memory in the process instead of handing it back to the system at once.
 
 glibc's malloc serves every allocation above 32 MB (and, with its default dynamic threshold, many
-smaller ones) from a fresh ``mmap`` and returns it with ``munmap`` when freed. A training step or a
-batch of attribution rows allocates and frees such blocks many times a second, and the kernel must
-zero every new page: on two cores that page-fault work took a third of the time of a training
-loop. :func:`keep_freed_memory` tells malloc to serve large blocks from its heap and to keep what is
+smaller ones) from a fresh ``mmap`` and returns it with ``munmap`` when freed. A training step
+allocates and frees such blocks many times a second, and the kernel must zero every new page: in 12
+organism training steps on two cores that kernel work was 1.9 s of 8.5 s (``bench/allocator.py``).
+:func:`keep_freed_memory` tells malloc to serve large blocks from its heap and to keep what is
 freed (``mallopt(M_MMAP_MAX, 0)``, a trim threshold of 1 GiB, heap growth in 64 MB steps).
 
 The training loops call it (``clew.training.train`` and the organism's model training): there the same
 blocks come and go every step, and steps ran 1.13x faster for it. Tracing does not: a long prompt's
 attribution allocates few, very large blocks, and kept heap memory fragments; the 1,024-token scale
-benchmark peaked at 20.8 GB with it against 13.8 GB without. Once called, it holds for the process.
+benchmark peaked at 20.8 GB with it against 14.1 GB without. Once called, it holds for the process.
 Set ``CLEW_MALLOC=system`` to leave malloc as it is. Other C libraries (macOS, musl, Windows) are left
 alone.
 
