@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
 
 import torch
 from torch import Tensor
@@ -28,17 +27,13 @@ from torch import Tensor
 from clew.attribution.export import top_logit
 from clew.attribution.graph import Graph
 from clew.attribution.prune import Pruned, row_sums
+from clew.render import Canvas
+from clew.render.svg import printable
 
 POSITIVE, NEGATIVE = "#e66101", "#2b83ba"
 COL_W, ROW_H, LEFT, TOP, BOTTOM, RIGHT = 72, 46, 64, 70, 90, 24
 MIN_EDGE = 0.1  # edges weaker than this fraction of the strongest into their target are not drawn
 MAX_EDGES = 400  # and at most this many, the strongest relative to their target
-
-
-def _text(s: str, limit: int = 200) -> str:
-    """Printable text for XML: control characters shown as escapes, long strings cut."""
-    out = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in s)
-    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 def node_layers(graph: Graph) -> Tensor:
@@ -162,47 +157,39 @@ def render_svg(
         elif graph.kind(node) == "logit":  # in the order of the targets (most probable first)
             xy[node] = (LEFT + (P - 0.5 + node - graph.logit_offset) * COL_W, y_of(L))
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, DejaVu Sans, sans-serif" font-size="11">',
-    ]
     prompt = graph.prompt or "".join(graph.token_strings)
-    out.append(f"<title>{escape(_text('attribution graph: ' + prompt, 160))}</title>")
-    out.append(f'<rect width="{width}" height="{height}" fill="white"/>')
-    out.append(
-        f'<text x="{LEFT}" y="22" font-size="14" font-weight="bold">{escape(_text(prompt, 140))}</text>'
-    )
+    c = Canvas(width, height, title=printable("attribution graph: " + prompt, 160))
+    c.text(LEFT, 22, prompt, 14, anchor="start", weight="bold", limit=140)
     if T:
         j = top_logit(graph)
-        top = f"top prediction: {_text(graph.logit_labels[j])!r} (p={float(graph.logit_probs[j]):.3f})"
+        top = f"top prediction: {printable(graph.logit_labels[j])!r} (p={float(graph.logit_probs[j]):.3f})"
         kept = int(pruned.node_mask[: graph.embed_offset].sum())
         drawn = sum(len(members) for members in cells.values())
-        note = f"{top} · {drawn} of {kept} kept features and errors drawn"
-        out.append(f'<text x="{LEFT}" y="42" fill="#444">{escape(note)}</text>')
+        c.text(
+            LEFT,
+            42,
+            f"{top} · {drawn} of {kept} kept features and errors drawn",
+            anchor="start",
+            color="#444",
+        )
     for layer in range(-1, L + 1):
         name = "Emb" if layer == -1 else "Logit" if layer == L else f"L{layer}"
         y = y_of(layer)
-        out.append(f'<line x1="{LEFT}" y1="{y}" x2="{width - RIGHT}" y2="{y}" stroke="#eee"/>')
-        out.append(f'<text x="{LEFT - 8}" y="{y + 4}" text-anchor="end" fill="#666">{name}</text>')
+        c.line(LEFT, y, width - RIGHT, y, "#eee")
+        c.text(LEFT - 8, y + 4, name, anchor="end", color="#666")
     base = TOP + (L + 2) * ROW_H + 14
     for pos, tok in enumerate(graph.token_strings):
-        x = LEFT + (pos + 0.5) * COL_W
-        out.append(
-            f'<text x="{x:.1f}" y="{base}" text-anchor="end" transform="rotate(-35 {x:.1f} {base})">'
-            f"{escape(_text(tok, 24))}</text>"
-        )
+        c.text(LEFT + (pos + 0.5) * COL_W, base, tok, anchor="end", rotate=-35, limit=24)
 
-    out.extend(_edges(graph, pruned, shown, xy))
+    _edges(c, graph, pruned, shown, xy)
     for node in shown:
-        out.append(_node_svg(graph, pruned, node, xy[node], labels))
-    out.append("</svg>")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out) + "\n", encoding="utf-8")
-    return path
+        _node(c, graph, pruned, node, xy[node], labels)
+    return c.save(path)
 
 
-def _edges(graph: Graph, pruned: Pruned, shown: list[int], xy: dict[int, tuple[float, float]]) -> list[str]:
+def _edges(
+    c: Canvas, graph: Graph, pruned: Pruned, shown: list[int], xy: dict[int, tuple[float, float]]
+) -> None:
     """Lines for the strongest kept edges between drawn nodes, weakest first so strong ones lie on top."""
     shown_t = torch.tensor(shown, dtype=torch.long)
     is_shown = torch.zeros(graph.n_nodes, dtype=torch.bool)
@@ -221,44 +208,32 @@ def _edges(graph: Graph, pruned: Pruned, shown: list[int], xy: dict[int, tuple[f
             rel = abs(w) / scale if scale > 0 else 0.0
             if rel >= MIN_EDGE:
                 lines.append((rel, s, t, w))
-    lines = sorted(lines)[-MAX_EDGES:]
-    out = []
-    for rel, s, t, w in lines:
+    for rel, s, t, w in sorted(lines)[-MAX_EDGES:]:
         (x1, y1), (x2, y2) = xy[s], xy[t]
-        out.append(
-            f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
-            f'stroke="{POSITIVE if w >= 0 else NEGATIVE}" stroke-width="{0.4 + 4.0 * rel:.2f}" '
-            f'stroke-opacity="{0.25 + 0.55 * rel:.2f}"/>'
-        )
-    return out
+        colour = POSITIVE if w >= 0 else NEGATIVE
+        c.line(x1, y1, x2, y2, colour, width=0.4 + 4.0 * rel, opacity=0.25 + 0.55 * rel)
 
 
-def _node_svg(
-    graph: Graph, pruned: Pruned, node: int, at: tuple[float, float], labels: dict[int, str]
-) -> str:
+def _node(
+    c: Canvas, graph: Graph, pruned: Pruned, node: int, at: tuple[float, float], labels: dict[int, str]
+) -> None:
     kind = graph.kind(node)
     x, y = at
     tip = _short(graph, node, labels)
     if kind in ("feature", "error"):
         tip += f" · influence {float(pruned.influence[node]):.3g}"
-    title = f"<title>{escape(_text(tip))}</title>"
-    if kind == "feature":
-        shape = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="#d9d9d9" stroke="#333"/>'
-    elif kind == "error":
-        shape = (
-            f'<rect x="{x - 4.5:.1f}" y="{y - 4.5:.1f}" width="9" height="9" fill="#969696" stroke="#333"/>'
-        )
-    else:
-        if kind == "embedding":
-            text, fill = graph.token_strings[node - graph.embed_offset], "#fff7bc"
+    with c.group(tip, node=str(node)):
+        if kind == "feature":
+            c.circle(x, y, 5, "#d9d9d9", stroke="#333")
+        elif kind == "error":
+            c.rect(x - 4.5, y - 4.5, 9, 9, "#969696", stroke="#333")
         else:
-            j = node - graph.logit_offset
-            text = f"{labels.get(node, graph.logit_labels[j])} {float(graph.logit_probs[j]):.2f}"
-            fill = "#fdd0a2"
-        w = COL_W - 8
-        shape = (
-            f'<rect x="{x - w / 2:.1f}" y="{y - 9:.1f}" width="{w}" height="18" rx="3" fill="{fill}" '
-            f'stroke="#333"/><text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle">'
-            f"{escape(_text(text, 11))}</text>"
-        )
-    return f"<g data-node={quoteattr(str(node))}>{title}{shape}</g>"
+            if kind == "embedding":
+                text, fill = graph.token_strings[node - graph.embed_offset], "#fff7bc"
+            else:
+                j = node - graph.logit_offset
+                text = f"{labels.get(node, graph.logit_labels[j])} {float(graph.logit_probs[j]):.2f}"
+                fill = "#fdd0a2"
+            w = COL_W - 8
+            c.rect(x - w / 2, y - 9, w, 18, fill, stroke="#333", rx=3)
+            c.text(x, y + 4, text, limit=11)

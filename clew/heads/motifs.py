@@ -379,7 +379,7 @@ TITLES = {
 
 def write_heatmaps(scores: HeadScores, out: str | Path, model_name: str = "") -> list[Path]:
     """One (layer x head) heat map per score, ``OUT/<score>.svg``."""
-    from clew.toys.svg import heatmap
+    from clew.render import heatmap
 
     suffix = f" -- {model_name}" if model_name else ""
     return [

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from clew.render import Axes, Canvas, fmt
 from clew.toys.superposition import (
     PHASES,
     PhaseDiagram,
@@ -25,7 +26,6 @@ from clew.toys.superposition import (
     geometry_panels,
     phase_diagram,
 )
-from clew.toys.svg import Axes, Canvas, fmt
 
 PHASE_COLORS = ("#4575b4", "#d73027", "#fdae61", "#dddddd")
 FEATURE_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")

@@ -1,15 +1,17 @@
-"""Small hand-written SVG charts: a canvas, axes with linear or log scales, a colour ramp, a heat map.
+"""Small hand-written SVG figures: a canvas, axes with linear or log scales, a colour ramp, a heat map.
 
-No plotting library is needed: every figure clew draws is a few rectangles, lines, circles and
-labels. Coordinates are pixels with y growing downwards; :class:`Axes` maps data to pixels.
+No plotting library is needed: every figure clew draws (charts, heat maps, attribution graphs) is a
+few rectangles, lines, circles and labels. Coordinates are pixels with y growing downwards;
+:class:`Axes` maps data to pixels. Text is escaped, and control characters are shown as escapes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 FONT = "font-family='Helvetica, Arial, sans-serif'"
 
@@ -21,6 +23,16 @@ _RAMP = [
     (0.75, (94, 201, 98)),
     (1.0, (253, 231, 37)),
 ]
+
+
+def printable(s: str, limit: int = 200) -> str:
+    """Text fit for a label: control characters shown as escapes, long strings cut with an ellipsis."""
+    out = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in s)
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
+def _tip(title: str) -> str:
+    return f"<title>{escape(printable(title))}</title>" if title else ""
 
 
 def ramp(t: float) -> str:
@@ -45,17 +57,27 @@ def fmt(x: float) -> str:
 
 
 class Canvas:
-    """An SVG document under construction."""
+    """An SVG document under construction; ``title`` is the document's hover title."""
 
-    def __init__(self, width: float, height: float):
-        self.width, self.height = width, height
+    def __init__(self, width: float, height: float, title: str = ""):
+        self.width, self.height, self.title = width, height, title
         self.parts: list[str] = []
 
-    def rect(self, x: float, y: float, w: float, h: float, fill: str, title: str = "", stroke: str = "none"):
-        tip = f"<title>{escape(title)}</title>" if title else ""
+    def rect(
+        self,
+        x: float,
+        y: float,
+        w: float,
+        h: float,
+        fill: str,
+        title: str = "",
+        stroke: str = "none",
+        rx: float = 0,
+    ):
+        rounded = f" rx='{rx}'" if rx else ""
         self.parts.append(
             f"<rect x='{x:.2f}' y='{y:.2f}' width='{w:.2f}' height='{h:.2f}' fill='{fill}' "
-            f"stroke='{stroke}'>{tip}</rect>"
+            f"stroke='{stroke}'{rounded}>{_tip(title)}</rect>"
         )
 
     def line(
@@ -67,11 +89,13 @@ class Canvas:
         color: str = "#000",
         width: float = 1.0,
         dash: str = "",
+        opacity: float = 1.0,
     ):
         dashed = f" stroke-dasharray='{dash}'" if dash else ""
+        faded = f" stroke-opacity='{opacity:.2f}'" if opacity < 1 else ""
         self.parts.append(
             f"<line x1='{x1:.2f}' y1='{y1:.2f}' x2='{x2:.2f}' y2='{y2:.2f}' stroke='{color}' "
-            f"stroke-width='{width}'{dashed}/>"
+            f"stroke-width='{width:.2f}'{dashed}{faded}/>"
         )
 
     def polyline(self, points: Sequence[tuple[float, float]], color: str, width: float = 1.5):
@@ -88,10 +112,9 @@ class Canvas:
         opacity: float = 1.0,
         stroke: str = "none",
     ):
-        tip = f"<title>{escape(title)}</title>" if title else ""
         self.parts.append(
             f"<circle cx='{x:.2f}' cy='{y:.2f}' r='{r}' fill='{fill}' fill-opacity='{opacity}' "
-            f"stroke='{stroke}'>{tip}</circle>"
+            f"stroke='{stroke}'>{_tip(title)}</circle>"
         )
 
     def text(
@@ -104,18 +127,27 @@ class Canvas:
         rotate: float = 0,
         color: str = "#000",
         weight: str = "normal",
+        limit: int = 200,
     ):
         turn = f" transform='rotate({rotate} {x:.2f} {y:.2f})'" if rotate else ""
         self.parts.append(
             f"<text x='{x:.2f}' y='{y:.2f}' font-size='{size}' text-anchor='{anchor}' fill='{color}' "
-            f"font-weight='{weight}' {FONT}{turn}>{escape(s)}</text>"
+            f"font-weight='{weight}' {FONT}{turn}>{escape(printable(s, limit))}</text>"
         )
+
+    @contextmanager
+    def group(self, title: str = "", **data: str) -> Iterator[None]:
+        """Everything drawn inside is one ``<g>`` with a hover ``title`` and ``data-*`` attributes."""
+        attrs = "".join(f" data-{k}={quoteattr(v)}" for k, v in data.items())
+        self.parts.append(f"<g{attrs}>{_tip(title)}")
+        yield
+        self.parts.append("</g>")
 
     def svg(self) -> str:
         body = "\n".join(self.parts)
         return (
             f"<svg xmlns='http://www.w3.org/2000/svg' width='{self.width:.0f}' height='{self.height:.0f}' "
-            f"viewBox='0 0 {self.width:.0f} {self.height:.0f}'>\n"
+            f"viewBox='0 0 {self.width:.0f} {self.height:.0f}'>{_tip(self.title)}\n"
             f"<rect width='100%' height='100%' fill='white'/>\n{body}\n</svg>\n"
         )
 
