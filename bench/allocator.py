@@ -43,11 +43,11 @@ def work(kind: str) -> dict:
             loss.backward()
             opt.step()
     else:
+        from clew.assets import ORGANISM
         from clew.attribution import trace
-        from clew.organism import dictionary_path
         from clew.resolve import load_model_and_dictionary
 
-        model, tc = load_model_and_dictionary("organism", str(dictionary_path("clt")))
+        model, tc = load_model_and_dictionary("organism", str(ORGANISM.dictionary_path("clt")))
         prompt = " ".join(["The capital of the state containing Dallas is Austin."] * 6)
         trace(model, tc, prompt, progress=False)
     end = os.times()

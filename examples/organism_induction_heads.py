@@ -15,12 +15,13 @@ token strings. On its own stories, where a surname recurs after "Mr", they stand
 
 import random
 
+from clew.assets import ORGANISM, build_info
 from clew.heads import ablate_heads, score_heads
 from clew.models import load_model
-from clew.organism import build_info, corpus, evaluate, greedy_judge, model_path, probes
+from clew.organism import corpus, examine, greedy_judge, probes
 
 model = load_model("organism")
-seed = build_info(model_path()).get("seed", 0)
+seed = build_info(ORGANISM.model_path()).get("seed", 0)
 writer = corpus.Writer(
     corpus.Split.from_seed(seed), random.Random("clew-organism-text-0"), corpus.Mix.only("induction")
 )
@@ -35,7 +36,7 @@ task = [p for p in probes(seed, 200) if p.task == "induction"]
 
 
 def accuracy() -> str:
-    by_split = evaluate(greedy_judge(model, model.tokenizer), task).summary()["induction"]
+    by_split = examine(greedy_judge(model, model.tokenizer), task).summary()["induction"]
     return ", ".join(f"{split} {value:.1%}" for split, value in by_split.items())
 
 

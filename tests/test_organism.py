@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
+from clew import assets
 from clew.errors import ClewError
 from clew.organism import corpus, world
-from clew.organism.evaluation import FLOORS, evaluate, greedy_judge
+from clew.organism.evaluation import FLOORS, examine, greedy_judge
 from clew.organism.tokenizer import save_tokenizer, train_tokenizer
 
 # ----- corpus ------------------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def test_a_model_that_knows_the_answers_scores_everything(tokenizer_folder):
     probes = corpus.probes(0, 8)
     probes = [p for i, p in enumerate(probes) if p.task != "facts" or i % 5 == 0]  # keep it quick
     model = LookupModel(tok, probes, len(tok))
-    scores = evaluate(greedy_judge(model, tok, batch_size=16), probes)
+    scores = examine(greedy_judge(model, tok, batch_size=16), probes)
     for task in corpus.TASKS:
         for split in corpus.SPLITS:
             assert scores.accuracy(task, split) == 1.0, (task, split)
@@ -172,7 +174,7 @@ def test_a_model_that_knows_the_answers_scores_everything(tokenizer_folder):
     held = [p for p in probes if p.task == "addition" and p.split == "heldout"]
     wrong = {held[0].prompt, held[1].prompt}
     liar = LookupModel(tok, probes, len(tok), wrong=wrong)
-    scores = evaluate(greedy_judge(liar, tok, batch_size=7), probes, tasks=["addition"])
+    scores = examine(greedy_judge(liar, tok, batch_size=7), probes, tasks=["addition"])
     assert {p.prompt for p in scores.wrong} == wrong
     assert scores.accuracy("addition", "heldout") == (len(held) - 2) / len(held)
     assert scores.accuracy("addition", "train") == 1.0
@@ -190,7 +192,6 @@ def test_a_model_that_knows_the_answers_scores_everything(tokenizer_folder):
 def test_tiny_build_loads_everywhere_and_traces(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    import clew.organism as organism
     from clew.attribution import trace
     from clew.dictionaries import load_transcoder
     from clew.models.loading import load_folder
@@ -207,7 +208,7 @@ def test_tiny_build_loads_everywhere_and_traces(tmp_path, monkeypatch):
         "organism.json",
     ):
         assert (out / name).is_file(), name
-    info = organism.build_info(out)
+    info = assets.build_info(out)
     assert info["seed"] == 1 and info["preset"] == "tiny"
     assert info["demo_trace"]["features"] > 0
     assert "| task | train | held-out |" in (tmp_path / "report.md").read_text()
@@ -230,16 +231,22 @@ def test_tiny_build_loads_everywhere_and_traces(tmp_path, monkeypatch):
         assert graph.n_features > 0 and len(graph.token_strings) == ids.shape[1]
 
     # found by name once it is the shipped folder
-    monkeypatch.setattr(organism, "WEIGHTS", out)
-    assert organism.model_path() == out
-    assert organism.dictionary_path("plt") == out / "plt"
+    from clew.models.sources import resolve_model_source
+
+    shipped = dataclasses.replace(assets.ORGANISM, folder=out)
+    monkeypatch.setitem(assets.BUILT_INS, "organism", shipped)
+    assert shipped.model_path() == out and resolve_model_source("organism") == out
+    assert shipped.dictionary_path("plt") == out / "plt"
     with pytest.raises(ClewError):
-        organism.dictionary_path("sae")
+        shipped.dictionary_path("sae")
 
 
 def test_missing_organism_is_a_clear_error(tmp_path, monkeypatch):
-    import clew.organism as organism
+    from clew.models.sources import resolve_model_source
 
-    monkeypatch.setattr(organism, "WEIGHTS", tmp_path / "nothing")
+    missing = dataclasses.replace(assets.ORGANISM, folder=tmp_path / "nothing")
+    monkeypatch.setitem(assets.BUILT_INS, "organism", missing)
     with pytest.raises(ClewError, match="organism build"):
-        organism.model_path()
+        missing.model_path()
+    with pytest.raises(ClewError, match="organism build"):
+        resolve_model_source("organism")

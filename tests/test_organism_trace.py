@@ -10,9 +10,9 @@ from clew.resolve import load_model_and_dictionary
 
 @pytest.fixture(scope="module", params=["clt", "plt"])
 def organism(request):
-    from clew.organism import dictionary_path
+    from clew.assets import ORGANISM
 
-    return load_model_and_dictionary("organism", str(dictionary_path(request.param)))
+    return load_model_and_dictionary("organism", str(ORGANISM.dictionary_path(request.param)))
 
 
 def test_dallas_two_hop_graph_is_exact(organism):

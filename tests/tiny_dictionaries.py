@@ -31,5 +31,5 @@ def random_transcoder(model_cfg, name: str, n_features: int = 24, seed: int = 0)
                 p.copy_(0.3 * torch.randn(p.shape, generator=g) / D**0.5)
             else:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    tc.name = f"random-{name}"
+    tc.source = f"random-{name}"
     return tc

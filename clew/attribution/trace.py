@@ -222,7 +222,7 @@ def _assemble(
         logit_labels=[t.label for t in chosen],
         adjacency=adjacency,
         model_name=getattr(model, "name", ""),
-        dictionary_name=getattr(transcoder, "name", ""),
+        dictionary_name=transcoder.source,
         settings={},
         error_norms=engine.errors.norm(dim=-1).float().cpu(),
         logit_vectors=torch.stack([t.vector for t in chosen]).float().cpu(),

@@ -38,13 +38,13 @@ def demo_prompts() -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clew.assets import ORGANISM
     from clew.attribution import describe_path, export_json, prune, render_svg, scores, strongest_paths, trace
     from clew.attribution.labels import promoted_token_labels
     from clew.commands.trace import slugify
-    from clew.organism import dictionary_path
     from clew.resolve import load_model_and_dictionary
 
-    model, tc = load_model_and_dictionary("organism", str(dictionary_path(args.dictionary)))
+    model, tc = load_model_and_dictionary(ORGANISM.name, str(ORGANISM.dictionary_path(args.dictionary)))
     out = Path(args.out)
     pictures = []
     for task, prompt in demo_prompts():

@@ -12,7 +12,7 @@ examples:
   clew organism eval                         # grade the shipped organism on its planted tasks
   clew organism text --kind induction -o stories.txt   # its training text, e.g. for clew heads --text
 
---ship writes into the package (clew/organism/weights) and the report to docs/organism.md."""
+--ship writes into the package (clew/assets/organism) and the report to docs/organism.md."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,8 +79,9 @@ def _docs_folder() -> Path | None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from clew.assets import ORGANISM
     from clew.errors import ClewError
-    from clew.organism import WEIGHTS, build
+    from clew.organism import build
 
     if args.steps is not None and args.steps < 1:
         raise ClewError(f"--steps must be positive, got {args.steps}")
@@ -92,7 +93,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise ClewError("--ship builds the real organism; it cannot be --tiny")
     out, report = Path(args.out), args.report
     if args.ship:
-        out = WEIGHTS
+        out = ORGANISM.folder
         docs = _docs_folder()
         report = report or (docs / "organism.md" if docs else None)
     result = build(
@@ -118,13 +119,14 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from clew.assets import ORGANISM, build_info
     from clew.models.loading import load_folder
-    from clew.organism import build_info, evaluate, greedy_judge, model_path, probes
+    from clew.organism import examine, greedy_judge, probes
 
-    folder = Path(args.model) if args.model else model_path()
+    folder = Path(args.model) if args.model else ORGANISM.model_path()
     info = build_info(folder)
     model = load_folder(folder, device=args.device)
-    scores = evaluate(greedy_judge(model, model.tokenizer), probes(info.get("seed", 0)))
+    scores = examine(greedy_judge(model, model.tokenizer), probes(info.get("seed", 0)))
     print(scores.markdown())
     for probe in scores.wrong[: args.wrong]:
         print(f"wrong: [{probe.task}/{probe.split}] {probe.prompt!r} -> expected {probe.answer!r}")

@@ -2,6 +2,7 @@
 
 ``resolve_model_source`` accepts, in this order:
 
+0. the name of an asset shipped inside the package (:mod:`clew.assets`: ``organism``) -- its folder;
 1. a local folder with ``config.json`` -- returned as is;
 2. a ``.gguf`` file (or a folder holding exactly one) -- converted once into the user cache
    (``$CLEW_CACHE``, default ``~/.cache/clew``), keyed by the file's name, size and modification time;
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from clew.assets import BUILT_INS, built_in
 from clew.errors import ClewError
 from clew.models.gguf import CONVERTER_VERSION, convert_gguf
 
@@ -237,10 +239,9 @@ def fetch_from_hub(repo_id: str) -> Path:
 
 def resolve_model_source(name_or_path: str) -> Path:
     """A local Hugging Face folder for ``name_or_path``: a folder, a .gguf file, a built-in name or a hub id."""
-    if name_or_path.lower() == "organism":  # shipped inside the package, built by clew itself
-        from clew.organism import model_path
-
-        return model_path()
+    shipped = built_in(name_or_path)
+    if shipped is not None:  # inside the package
+        return shipped.model_path()
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -266,5 +267,5 @@ def resolve_model_source(name_or_path: str) -> Path:
         return fetch_from_hub(name_or_path)
     raise ClewError(
         f"unknown model {name_or_path!r}: not a folder, a .gguf file or a hub id (org/name); "
-        f"built-in names: organism, {', '.join(BUILTINS)}"
+        f"built-in names: {', '.join([*BUILT_INS, *BUILTINS])}"
     )
