@@ -11,10 +11,10 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
-from clew.training.config import ACTIVATIONS, KINDS, TrainConfig, field_docs
+from clew.training.config import ACTIVATIONS, TRAIN_KINDS, TrainConfig, field_docs
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "kind": KINDS,
+    "kind": TRAIN_KINDS,
     "activation": ACTIVATIONS,
     "read": ("mlp_in", "resid_mid"),
     "write": ("mlp_out", "resid_delta"),

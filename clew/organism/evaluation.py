@@ -4,7 +4,7 @@ A *judge* maps probes to right/wrong. :func:`greedy_judge` makes one from any ca
 (a callable from token ids ``(B, P)`` to logits ``(B, P, V)``, or a ``transformers`` model) and its
 tokenizer: a probe is right when greedy decoding after the prompt produces exactly the answer's tokens,
 checked in one teacher-forced pass (every answer token is the argmax given the ones before it).
-:func:`evaluate` turns the verdicts into accuracies per task, group and split, which
+:func:`examine` turns the verdicts into accuracies per task, group and split, which
 :data:`FLOORS` grades.
 """
 
@@ -73,7 +73,7 @@ def _encode(tokenizer, probe: Probe) -> tuple[list[int], list[int]]:
 
 
 @dataclass
-class Scores:
+class ExamScores:
     """Right answers and totals per (task, group, split)."""
 
     counts: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
@@ -139,10 +139,10 @@ class Scores:
         return "\n".join(lines)
 
 
-def evaluate(judge: Judge, probes: Iterable[Probe], tasks: Sequence[str] | None = None) -> Scores:
+def examine(judge: Judge, probes: Iterable[Probe], tasks: Sequence[str] | None = None) -> ExamScores:
     """Grade ``probes`` (those of ``tasks`` only, when given) with ``judge``."""
     chosen = [p for p in probes if tasks is None or p.task in tasks]
-    scores = Scores()
+    scores = ExamScores()
     for probe, right in zip(chosen, judge(chosen), strict=True):
         scores.add(probe, bool(right))
     return scores

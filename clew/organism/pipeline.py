@@ -26,11 +26,11 @@ import torch
 from clew.organism import corpus as corpus_mod
 from clew.organism import world
 from clew.organism.dictionaries import DictionarySpec, train_dictionaries
-from clew.organism.evaluation import FLOORS, Scores, evaluate, greedy_judge
+from clew.organism.evaluation import FLOORS, ExamScores, examine, greedy_judge
 from clew.organism.tokenizer import save_tokenizer, single_token_fraction, special_ids, train_tokenizer
 from clew.organism.train_model import (
     ModelShape,
-    TrainConfig,
+    ModelTraining,
     TrainLog,
     hf_config,
     new_model,
@@ -53,7 +53,7 @@ class Preset:
     """Documents the tokenizer is trained on (see :func:`clew.organism.corpus.tokenizer_documents`)."""
     vocab_size: int
     shape: ModelShape
-    train: TrainConfig
+    train: ModelTraining
     n_generated: int
     """Probes per split of the generated tasks (induction, addition)."""
     dictionaries: list[DictionarySpec] = field(default_factory=list)
@@ -66,7 +66,7 @@ FULL = Preset(
     tokenizer_docs=40_000,
     vocab_size=4096,
     shape=ModelShape(),
-    train=TrainConfig(),
+    train=ModelTraining(),
     n_generated=200,
     dictionaries=[
         DictionarySpec("clt", n_features=1024, k=20, steps=450),
@@ -79,7 +79,7 @@ TINY = Preset(
     tokenizer_docs=1500,
     vocab_size=512,
     shape=ModelShape(d_model=64, n_layers=2, n_heads=2, d_head=32, d_mlp=128, n_ctx=256),
-    train=TrainConfig(seq_len=128, batch_size=8, lr=3e-3, warmup_steps=10),
+    train=ModelTraining(seq_len=128, batch_size=8, lr=3e-3, warmup_steps=10),
     n_generated=16,
     dictionaries=[
         DictionarySpec("clt", n_features=128, k=8, steps=12, batch_size=512, ctx_len=64, eval_contexts=4),
@@ -94,7 +94,7 @@ FULL_STEPS = 1800
 @dataclass
 class BuildResult:
     folder: Path
-    scores: Scores
+    scores: ExamScores
     info: dict[str, Any]
     """What ``organism.json`` holds."""
     report: str
@@ -172,8 +172,8 @@ def _build_into(
     with_dictionaries: bool,
     progress: bool,
     times: dict[str, float],
-) -> tuple[dict[str, Any], Scores]:
-    tcfg = TrainConfig(**{**asdict(preset.train), "seed": seed})
+) -> tuple[dict[str, Any], ExamScores]:
+    tcfg = ModelTraining(**{**asdict(preset.train), "seed": seed})
     # ---- tokenizer, then a corpus of about as many tokens as training will read
     t = time.perf_counter()
     tok = train_tokenizer(corpus_mod.tokenizer_documents(seed, preset.tokenizer_docs), preset.vocab_size)
@@ -209,7 +209,7 @@ def _build_into(
     from clew.models.loading import load_folder
 
     loaded = load_folder(folder, device=device)
-    scores = evaluate(greedy_judge(loaded, loaded.tokenizer), corpus_mod.probes(seed, preset.n_generated))
+    scores = examine(greedy_judge(loaded, loaded.tokenizer), corpus_mod.probes(seed, preset.n_generated))
     times["evaluation"] = round(time.perf_counter() - t, 1)
     _log(
         "accuracy: "
@@ -274,7 +274,7 @@ def smoke_trace(model, dictionary: Path, prompt: str = DEMO_PROMPT) -> dict[str,
     }
 
 
-def _summary(scores: Scores) -> dict[str, dict[str, float]]:
+def _summary(scores: ExamScores) -> dict[str, dict[str, float]]:
     return {
         task: {split: round(acc, 4) for split, acc in accs.items() if acc is not None}
         for task, accs in scores.summary().items()
@@ -306,7 +306,7 @@ def _sizes(folder: Path) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sizes.items()}
 
 
-def render_report(info: dict[str, Any], scores: Scores) -> str:
+def render_report(info: dict[str, Any], scores: ExamScores) -> str:
     """The markdown report of a build (``docs/organism.md`` for the shipped one)."""
     m, tr = info["model"], info["model"]["training"]
     lines = [

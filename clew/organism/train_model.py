@@ -42,7 +42,7 @@ class ModelShape:
 
 
 @dataclass
-class TrainConfig:
+class ModelTraining:
     seq_len: int = 256
     batch_size: int = 16
     lr: float = 2e-3
@@ -113,7 +113,7 @@ def new_model(config, seed: int) -> Transformer:
     return model
 
 
-def _lr(step: int, total: int, cfg: TrainConfig) -> float:
+def _lr(step: int, total: int, cfg: ModelTraining) -> float:
     warm = min(cfg.warmup_steps, max(1, total // 10))
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -126,7 +126,7 @@ def _lr(step: int, total: int, cfg: TrainConfig) -> float:
 def train_model(
     model: Transformer,
     tokens: Tensor,
-    cfg: TrainConfig,
+    cfg: ModelTraining,
     *,
     steps: int | None = None,
     seconds: float | None = None,

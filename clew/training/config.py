@@ -15,7 +15,7 @@ from typing import Any
 
 from clew.errors import ClewError
 
-KINDS = ("plt", "clt", "skip")
+TRAIN_KINDS = ("plt", "clt", "skip")
 ACTIVATIONS = ("jumprelu", "topk", "batchtopk", "relu")
 
 
@@ -132,8 +132,8 @@ class TrainConfig:
 
     def problem(self) -> str | None:
         """What is wrong with the configuration, as a phrase naming the field; ``None`` if nothing."""
-        if self.kind not in KINDS:
-            return f"kind {self.kind!r} is not one of {', '.join(KINDS)}"
+        if self.kind not in TRAIN_KINDS:
+            return f"kind {self.kind!r} is not one of {', '.join(TRAIN_KINDS)}"
         if self.activation not in ACTIVATIONS:
             return f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}"
         if self.read not in ("mlp_in", "resid_mid"):

@@ -41,7 +41,7 @@ from clew.dictionaries.formats.common import (
 from clew.dictionaries.transcoder import Transcoder
 from clew.errors import ClewError
 
-KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
+MODEL_KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
 CLEW_FORMAT_VERSION = 1
 
 
@@ -59,9 +59,9 @@ def read(
     config = _load_yaml(config_path)
     facts = Facts(where=where)
     model_kind = config.get("model_kind")
-    if model_kind not in KINDS:
-        raise ClewError(f"{where}: model_kind {model_kind!r} is not one of {', '.join(KINDS)}")
-    facts.kind = KINDS[model_kind]
+    if model_kind not in MODEL_KINDS:
+        raise ClewError(f"{where}: model_kind {model_kind!r} is not one of {', '.join(MODEL_KINDS)}")
+    facts.kind = MODEL_KINDS[model_kind]
     for field, direction in (("feature_input_hook", "read"), ("feature_output_hook", "write")):
         if field not in config:
             raise ClewError(f"{where}: missing field {field!r}")
