@@ -1,7 +1,8 @@
 """ReplacementModel against clew's Transformer (random tiny Llama- and Gemma-style configurations) and
 against a minimal stand-in that honours only the documented interface: ``run(tokens, record=, mlp=,
-frozen=)`` returning ``.logits`` and a ``.cache`` of per-layer lists, calling ``mlp(layer, resid_mid,
-mlp_in)`` for layers in order and taking its output at ``mlp.write``.
+frozen=)`` returning ``.logits`` and a ``.cache`` (clew's ActivationCache), calling ``mlp(layer,
+resid_mid, mlp_in)`` for layers in order and taking its output at ``mlp.write``, and
+``mlp_branch(layer, mlp_in, write, frozen)``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from clew.dictionaries import ReplacementModel, Transcoder, TranscoderConfig
+from clew.dictionaries import Transcoder, TranscoderConfig
 from clew.errors import ClewError
+from clew.models import ActivationCache
+from clew.replacement import ReplacementModel
 
 V, D, D_MLP, N_LAYERS, F = 23, 16, 32, 3, 40
 
@@ -25,7 +28,7 @@ def rms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 @dataclass
 class RunResult:
     logits: torch.Tensor
-    cache: SimpleNamespace | None
+    cache: ActivationCache | None
 
 
 class TinyModel:
@@ -56,9 +59,7 @@ class TinyModel:
         ]
         self.final_ln = 1 + r(D, scale=0.1)
 
-    def mlp_branch(
-        self, layer: int, resid_mid: torch.Tensor, mlp_in: torch.Tensor, write: str
-    ) -> torch.Tensor:
+    def mlp_branch(self, layer: int, mlp_in: torch.Tensor, write: str, frozen=None) -> torch.Tensor:
         w = self.layers[layer]
         out = torch.nn.functional.gelu(mlp_in @ w["up"].T) @ w["down"].T
         if write == "resid_delta" and self.post_mlp_norm:
@@ -66,8 +67,7 @@ class TinyModel:
         return out
 
     def run(self, tokens: torch.Tensor, *, record: bool = False, mlp=None, frozen=None) -> RunResult:
-        names = ("resid_pre", "resid_mid", "mlp_in", "mlp_out", "mlp_delta", "resid_final")
-        cache = SimpleNamespace(**{name: [] for name in names})
+        cache = ActivationCache()
         x = self.embed[tokens]  # [B, P, d]
         P = tokens.shape[-1]
         mask = torch.ones(P, P, dtype=torch.bool).tril()
@@ -81,7 +81,7 @@ class TinyModel:
             cache.mlp_in.append(mlp_in)
             if mlp is None or mlp.write == "mlp_out":
                 if mlp is None:
-                    out = self.mlp_branch(layer, resid_mid, mlp_in, "mlp_out")
+                    out = self.mlp_branch(layer, mlp_in, "mlp_out")
                 else:
                     out = mlp(layer, resid_mid, mlp_in)
                 delta = rms(out, w["post"]) if self.post_mlp_norm else out
@@ -90,7 +90,7 @@ class TinyModel:
             cache.mlp_out.append(out)
             cache.mlp_delta.append(delta)
             x = x + delta
-        cache.resid_final.append(x)
+        cache.resid_final = x
         logits = rms(x, self.final_ln) @ self.unembed.T
         return RunResult(logits, cache if record else None)
 

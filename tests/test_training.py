@@ -17,9 +17,10 @@ from hf_tiny import save_hf_model
 from tiny_dictionaries import random_transcoder
 
 from clew.cli import main
-from clew.dictionaries import ReplacementModel, Transcoder, TranscoderConfig, load_transcoder
+from clew.dictionaries import Transcoder, TranscoderConfig, load_transcoder
 from clew.errors import ClewError
 from clew.models.loading import load_folder
+from clew.replacement import ReplacementModel
 from clew.training import TrainConfig, Trainer, evaluate, train
 from clew.training.data import ShardReader, activations, open_text
 

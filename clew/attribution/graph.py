@@ -1,6 +1,7 @@
 """The attribution graph: its node table, its adjacency rows, and its one-file safetensors form.
 
-Nodes are laid out as ``[features | errors (layer-major) | embeddings | logits]``. Only features and
+Nodes are laid out as ``[features | errors (layer-major) | embeddings | logits]`` (a
+:class:`~clew.replacement.NodeLayout`, the engine's own numbering over the kept features). Only features and
 logits receive edges, so only their rows are stored: ``adjacency[r, c]`` is the direct effect of node
 ``c`` on the r-th target node, where the targets are the features (rows ``0..Nf-1``) then the logits.
 """
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from clew.errors import ClewError
+from clew.replacement import NodeLayout
 
 FORMAT = "clew-graph/1"
 
@@ -68,20 +70,25 @@ class Graph:
         return len(self.logit_tokens)
 
     @property
+    def layout(self) -> NodeLayout:
+        """How the nodes are numbered: ``[features | errors | embeddings | logits]``."""
+        return NodeLayout(self.n_features, self.n_layers, self.n_pos, self.n_logits)
+
+    @property
     def error_offset(self) -> int:
-        return self.n_features
+        return self.layout.error_offset
 
     @property
     def embed_offset(self) -> int:
-        return self.n_features + self.n_layers * self.n_pos
+        return self.layout.embed_offset
 
     @property
     def logit_offset(self) -> int:
-        return self.embed_offset + self.n_pos
+        return self.layout.logit_offset
 
     @property
     def n_nodes(self) -> int:
-        return self.logit_offset + self.n_logits
+        return self.layout.n_nodes
 
     def row_nodes(self) -> Tensor:
         """(Nf + T,) the node index of each adjacency row."""
@@ -89,21 +96,11 @@ class Graph:
 
     def kind(self, node: int) -> str:
         """``"feature"``, ``"error"``, ``"embedding"`` or ``"logit"``."""
-        if node < self.error_offset:
-            return "feature"
-        if node < self.embed_offset:
-            return "error"
-        if node < self.logit_offset:
-            return "embedding"
-        return "logit"
+        return self.layout.kind(node)
 
     def kinds(self) -> Tensor:
         """(n_nodes,) 0 feature, 1 error, 2 embedding, 3 logit."""
-        k = torch.zeros(self.n_nodes, dtype=torch.long)
-        k[self.error_offset : self.embed_offset] = 1
-        k[self.embed_offset : self.logit_offset] = 2
-        k[self.logit_offset :] = 3
-        return k
+        return self.layout.kinds()
 
     def layer_pos(self, node: int) -> tuple[int, int]:
         """(layer, position); embeddings are layer -1, logits layer ``n_layers``."""
@@ -112,7 +109,7 @@ class Graph:
             layer, pos, _ = self.features[node].tolist()
             return layer, pos
         if kind == "error":
-            return divmod(node - self.error_offset, self.n_pos)
+            return self.layout.error_layer_pos(node)
         if kind == "embedding":
             return -1, node - self.embed_offset
         return self.n_layers, self.n_pos - 1

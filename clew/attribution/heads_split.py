@@ -32,7 +32,9 @@ from torch import Tensor
 
 from clew.attribution.engine import Engine, Targets
 from clew.attribution.graph import Graph
+from clew.dictionaries import Transcoder
 from clew.errors import ClewError
+from clew.models import Transformer
 
 
 @dataclass
@@ -64,32 +66,6 @@ class HeadSplit:
         return "\n".join(lines)
 
 
-def source_position(engine: Engine, column: int) -> int:
-    """The position where the source in engine column ``column`` writes."""
-    if not 0 <= column < engine.n_columns:
-        raise ClewError(f"source column {column} is out of range (0..{engine.n_columns - 1})")
-    if column < engine.error_offset:
-        return int(engine.feat_pos[column])
-    if column < engine.embed_offset:
-        return (column - engine.error_offset) % engine.n_pos
-    return column - engine.embed_offset
-
-
-def _stay_split(engine: Engine, layer: int, stay: Tensor, pos: int) -> Tensor:
-    """(P, H, D): the stay gradient (P, 1, D), nonzero at ``pos`` only, through each head of the layer's
-    frozen attention to every key position, at the residual stream before the layer."""
-    cfg, w = engine.model.cfg, engine._weights(layer)
-    H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-    g = engine._norm_t(layer, "attn_post", stay) if "attn_post" in w else stay  # (P, 1, D)
-    z = (g[pos, 0] @ w["o"]).view(H, E)  # (H, E): the gradient at each head's mixed values
-    w_v = w["v"].view(K, E, -1)[torch.arange(H, device=z.device) // (H // K)]  # (H, E, D) per query head
-    u = torch.einsum("he,hed->hd", z, w_v)  # (H, D) through W_V
-    P = stay.shape[0]
-    pattern = engine.cache.patterns[layer][0, :, pos, :P].to(u.dtype)  # (H, P): the query at pos
-    per_key = pattern.T[:, :, None] * u[None]  # (P, H, D)
-    return engine._norm_t(layer, "ln1", per_key)
-
-
 @torch.no_grad()
 def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
     """Split the edge from engine column ``source`` to the single ``target`` across attention heads."""
@@ -98,7 +74,7 @@ def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
     L, D, dt = engine.n_layers, engine.d_model, engine.dtype
     H = engine.model.cfg.n_heads
     pos, top = int(target.pos[0]), int(target.layer[0])
-    src_pos = source_position(engine, source)
+    src_pos = engine.source_position(source)
     if src_pos == pos:
         raise ClewError(
             f"source and target are both at position {pos}: the edge runs within one position, through no head"
@@ -111,16 +87,17 @@ def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
     rows = torch.zeros(R, engine.n_columns, dtype=dt, device=engine.device)
     grad = torch.zeros(P, R, D, dtype=dt, device=engine.device)
     grad[pos, 0] = target.vectors[0].to(dt)
+    back = engine.backward
     for layer in range(min(top, L - 1), -1, -1):
         if layer < top:
-            engine._contract(layer, grad, rows)
+            back.contract(layer, grad, rows, engine.sources[layer])
             if engine.tc.cfg.skip:
-                grad = grad + engine._skip_transpose(layer, grad)
+                grad = grad + back.skip_t(layer, grad)
         first = 1 + (layer + 1) * H  # rows started above this layer; those below are still zero
         if first < R:
             moving = grad[:, first:]
-            grad[:, first:] = moving + engine._attention_transpose(layer, moving)
-        per_head = _stay_split(engine, layer, grad[:, :1], pos)  # (P, H, D)
+            grad[:, first:] = moving + back.attention_t(layer, moving)
+        per_head = back.attention_t_by_head(layer, grad[:, :1], pos)  # (P, H, D)
         grad[pos, 0] += per_head[pos].sum(0)  # the diagonal terms: the path stays at pos
         per_head[pos] = 0
         grad[:, 1 + layer * H : first] = per_head  # the off-diagonal terms: the last arrival at pos
@@ -143,7 +120,12 @@ def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
 
 
 def split_graph_edge(
-    model, transcoder, graph: Graph, source: int, target: int, dtype: torch.dtype = torch.float32
+    model: Transformer,
+    transcoder: Transcoder,
+    graph: Graph,
+    source: int,
+    target: int,
+    dtype: torch.dtype = torch.float32,
 ) -> HeadSplit:
     """Split the edge between two nodes of a graph (node numbers as in :class:`Graph`) across heads."""
     for node in (source, target):
@@ -154,21 +136,12 @@ def split_graph_edge(
     if graph.kind(source) == "logit":
         raise ClewError(f"node {source} is {graph.describe(source)}: a logit is never a source")
     engine = Engine(model, transcoder, graph.tokens.to(model.embed.weight.device), dtype=dtype)
-    table = {
-        (int(l), int(p), int(i)): n
-        for n, (l, p, i) in enumerate(zip(engine.feat_layer, engine.feat_pos, engine.feat_index))
-    }
 
-    def feature(node: int) -> int:
-        key = tuple(int(v) for v in graph.features[node])
-        if key not in table:
-            raise ClewError(
-                f"{graph.describe(node)} is not active when the model and dictionary rerun the prompt"
-            )
-        return table[key]
+    def feature(node: int) -> Tensor:
+        return engine.feature_numbers(graph.features[node : node + 1], lambda _: graph.describe(node))
 
     if graph.kind(target) == "feature":
-        targets = engine.feature_targets(torch.tensor([feature(target)], device=engine.device))
+        targets = engine.feature_targets(feature(target))
     else:
         i = target - graph.logit_offset
         direction = (
@@ -177,11 +150,8 @@ def split_graph_edge(
             else engine.logit_directions(graph.logit_tokens[i : i + 1].to(engine.device))
         )
         targets = engine.direction_targets(direction.float().to(engine.device))
-    kind, (layer, pos) = graph.kind(source), graph.layer_pos(source)
-    if kind == "feature":
-        column = feature(source)
-    elif kind == "error":
-        column = engine.error_column(layer, pos)
+    if graph.kind(source) == "feature":
+        column = int(feature(source)[0])
     else:
-        column = engine.embed_column(pos)
+        column = graph.layout.shifted_to(engine.layout, source)
     return split_edge(engine, targets, column)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import torch
 
 from clew.attribution.graph import Graph
+from clew.dictionaries import Transcoder
+from clew.models import Transformer
 
 
 @torch.no_grad()
-def promoted_token_labels(model, transcoder, graph: Graph, k: int = 3) -> dict[int, str]:
+def promoted_token_labels(
+    model: Transformer, transcoder: Transcoder, graph: Graph, k: int = 3
+) -> dict[int, str]:
     """node index -> ``"↑tok1 tok2 tok3"`` for every feature node of the graph."""
     labels: dict[int, str] = {}
     if graph.n_features == 0:

@@ -19,7 +19,10 @@ from tqdm.auto import tqdm
 from clew.attribution.engine import Engine
 from clew.attribution.graph import Graph
 from clew.attribution.prune import influence
+from clew.dictionaries import Transcoder
 from clew.errors import ClewError
+from clew.models import Transformer
+from clew.replacement import NodeLayout
 
 
 @dataclass
@@ -33,7 +36,7 @@ class LogitTarget:
     token: int = -1
 
 
-def tokenize(model, prompt: str | Sequence[int] | Tensor) -> tuple[Tensor, list[str]]:
+def tokenize(model: Transformer, prompt: str | Sequence[int] | Tensor) -> tuple[Tensor, list[str]]:
     """(P,) token ids and their strings, with the family's own beginning-of-sequence convention."""
     if isinstance(prompt, str):
         if not prompt.strip():
@@ -50,13 +53,13 @@ def tokenize(model, prompt: str | Sequence[int] | Tensor) -> tuple[Tensor, list[
     return ids, token_strings(model, ids)
 
 
-def token_strings(model, ids: Tensor) -> list[str]:
+def token_strings(model: Transformer, ids: Tensor) -> list[str]:
     if model.tokenizer is None:
         return [str(i) for i in ids.tolist()]
     return [model.tokenizer.decode([i]) for i in ids.tolist()]
 
 
-def token_id(model, token: str | int) -> int:
+def token_id(model: Transformer, token: str | int) -> int:
     """A single token's id from its text (with or without a leading space) or the id itself."""
     if isinstance(token, int):
         if not 0 <= token < model.cfg.vocab_size:
@@ -74,7 +77,7 @@ def token_id(model, token: str | int) -> int:
 
 def choose_targets(
     engine: Engine,
-    model,
+    model: Transformer,
     targets: Sequence[str | int] | None,
     contrast: tuple[str | int, str | int] | None,
     direction: Tensor | None,
@@ -100,14 +103,14 @@ def choose_targets(
     return [LogitTarget(_label(model, i), dirs[k], float(probs[i]), i) for k, i in enumerate(ids)]
 
 
-def _label(model, token: int) -> str:
+def _label(model: Transformer, token: int) -> str:
     return model.tokenizer.decode([token]) if model.tokenizer is not None else str(token)
 
 
 @torch.no_grad()
 def trace(
-    model,
-    transcoder,
+    model: Transformer,
+    transcoder: Transcoder,
     prompt: str | Sequence[int] | Tensor,
     *,
     targets: Sequence[str | int] | None = None,
@@ -192,21 +195,30 @@ def _most_influential(
 
 
 def _assemble(
-    engine, model, transcoder, prompt, tokens, strings, chosen, selected, feature_rows, logit_rows
+    engine: Engine,
+    model: Transformer,
+    transcoder: Transcoder,
+    prompt: str | Sequence[int] | Tensor,
+    tokens: Tensor,
+    strings: list[str],
+    chosen: list[LogitTarget],
+    selected: Tensor,
+    feature_rows: Tensor,
+    logit_rows: Tensor,
 ) -> Graph:
     """Reorder the selected features by (layer, position, index) and lay the columns out as graph nodes."""
     key = engine.feat_layer[selected] * (engine.n_pos * 10**7) + engine.feat_pos[selected] * 10**7
     key = key + engine.feat_index[selected]
     perm = torch.argsort(key)
     selected = selected[perm]
-    Nf, L, P, T = len(selected), engine.n_layers, engine.n_pos, len(chosen)
-    n_nodes = Nf + L * P + P + T
-    columns = torch.cat([selected, engine.error_offset + torch.arange(L * P + P, device=selected.device)])
-    adjacency = torch.zeros(Nf + T, n_nodes, dtype=feature_rows.dtype)  # the graph lives in host memory
+    layout = NodeLayout(len(selected), engine.n_layers, engine.n_pos, len(chosen))
+    Nf, S = layout.n_features, layout.n_sources
+    columns = layout.columns_in(engine.layout, selected)  # each graph source's engine column
+    adjacency = torch.zeros(Nf + layout.n_logits, layout.n_nodes, dtype=feature_rows.dtype)  # in host memory
     for i in range(0, Nf, 1024):  # in chunks, so that no second copy of all rows is ever made
         chunk = feature_rows[perm[i : i + 1024]][:, columns]
-        adjacency[i : min(i + 1024, Nf), : Nf + L * P + P] = chunk.cpu()
-    adjacency[Nf:, : Nf + L * P + P] = logit_rows[:, columns].cpu()
+        adjacency[i : min(i + 1024, Nf), :S] = chunk.cpu()
+    adjacency[Nf:, :S] = logit_rows[:, columns].cpu()
     features = torch.stack(
         [engine.feat_layer[selected], engine.feat_pos[selected], engine.feat_index[selected]], 1
     ).cpu()
@@ -214,14 +226,14 @@ def _assemble(
         prompt=prompt if isinstance(prompt, str) else "",
         tokens=tokens.cpu(),
         token_strings=strings,
-        n_layers=L,
+        n_layers=layout.n_layers,
         features=features,
         activations=engine.feat_act[selected].float().cpu(),
         logit_tokens=torch.tensor([t.token for t in chosen]),
         logit_probs=torch.tensor([t.prob for t in chosen]),
         logit_labels=[t.label for t in chosen],
         adjacency=adjacency,
-        model_name=getattr(model, "name", ""),
+        model_name=model.name,
         dictionary_name=transcoder.source,
         settings={},
         error_norms=engine.errors.norm(dim=-1).float().cpu(),

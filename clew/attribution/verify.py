@@ -17,6 +17,9 @@ from torch import Tensor
 
 from clew.attribution.engine import Engine
 from clew.attribution.graph import Graph
+from clew.dictionaries import Transcoder
+from clew.models import Transformer
+from clew.models.points import read_input
 
 
 class _FrozenReplacement:
@@ -25,7 +28,7 @@ class _FrozenReplacement:
 
     def __init__(self, engine: Engine, extra: dict[int, Tensor], scale_sources: float):
         self.engine, self.extra, self.scale = engine, extra, scale_sources
-        self.write = engine.write
+        self.write = engine.tc.cfg.write
         self.pre: dict[int, Tensor] = {}
         self.constant = {
             layer: scale_sources
@@ -35,7 +38,7 @@ class _FrozenReplacement:
         }
 
     def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
-        read = mlp_in if self.engine.read == "mlp_in" else resid_mid
+        read = read_input(self.engine.tc.cfg.read, resid_mid, mlp_in)
         self.pre[layer] = self.engine.tc.pre_activations(layer, read)
         out = self.constant[layer].expand_as(resid_mid)
         skip = self.engine.tc.skip_term(layer, read)
@@ -102,11 +105,12 @@ def check_rows(
     embed_extra = torch.zeros(B, P, D, device=dev)
     write_extra = {layer: torch.zeros(B, P, D, device=dev) for layer in range(L)}
     for b, col in enumerate(columns.tolist()):
-        if col >= engine.embed_offset:
-            p = col - engine.embed_offset
+        kind = engine.layout.kind(col)
+        if kind == "embedding":
+            p = engine.source_position(col)
             embed_extra[b, p] = engine.embeddings[p]
-        elif col >= engine.error_offset:
-            layer, p = divmod(col - engine.error_offset, P)
+        elif kind == "error":
+            layer, p = engine.layout.error_layer_pos(col)
             write_extra[layer][b, p] = engine.errors[layer, p]
         else:
             src, p, i, a = (
@@ -136,22 +140,19 @@ def check_rows(
 
 
 @torch.no_grad()
-def check_graph(model, transcoder, graph: Graph, max_sources: int | None = 256, seed: int = 0) -> Check:
+def check_graph(
+    model: Transformer, transcoder: Transcoder, graph: Graph, max_sources: int | None = 256, seed: int = 0
+) -> Check:
     """Re-run the prompt and check the graph's edges against perturbations of (a sample of) its sources."""
     engine = Engine(model, transcoder, graph.tokens.to(model.embed.weight.device))
     dev = engine.device
-    # map the graph's feature nodes to the engine's feature table
-    table_rows = torch.stack([engine.feat_layer, engine.feat_pos, engine.feat_index], 1).tolist()
-    table = {tuple(f): n for n, f in enumerate(table_rows)}
-    features = torch.tensor([table[tuple(f)] for f in graph.features.tolist()], dtype=torch.long, device=dev)
+    features = engine.feature_numbers(graph.features, graph.describe)  # graph features -> engine features
     directions = (
         graph.logit_vectors.to(dev)
         if graph.logit_vectors is not None
         else engine.logit_directions(graph.logit_tokens.to(dev))
     )
-    # the graph's columns in engine numbering
-    n_other = engine.n_layers * engine.n_pos + engine.n_pos
-    graph_cols = torch.cat([features, engine.error_offset + torch.arange(n_other, device=dev)])
+    graph_cols = graph.layout.columns_in(engine.layout, features)  # the graph's sources, in engine numbering
     n_src = len(graph_cols)
     pick = torch.arange(n_src)
     if max_sources is not None and n_src > max_sources:

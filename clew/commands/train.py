@@ -11,13 +11,14 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
+from clew.models.points import READ_POINTS, WRITE_POINTS
 from clew.training.config import ACTIVATIONS, TRAIN_KINDS, TrainConfig, field_docs
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "kind": TRAIN_KINDS,
     "activation": ACTIVATIONS,
-    "read": ("mlp_in", "resid_mid"),
-    "write": ("mlp_out", "resid_delta"),
+    "read": tuple(READ_POINTS),
+    "write": tuple(WRITE_POINTS),
 }
 
 

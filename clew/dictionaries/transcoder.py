@@ -21,10 +21,9 @@ from torch import Tensor, nn
 
 from clew.dictionaries import activations as act
 from clew.errors import ClewError
+from clew.models.points import READ_POINTS, WRITE_POINTS
 
 KINDS = ("plt", "clt")
-READ_POINTS = ("resid_mid", "mlp_in")
-WRITE_POINTS = ("resid_delta", "mlp_out")
 
 
 @dataclass

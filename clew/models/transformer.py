@@ -19,14 +19,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clew.models.config import ModelConfig
+from clew.models.points import read_point, write_point
 
 
 class MLPReplacement(Protocol):
     """Stands in for every layer's MLP: called for layers 0..n-1 in order within one forward pass."""
 
     write: str
-    """Where the returned tensor goes: ``"mlp_out"`` (the MLP module's output, before any post-MLP norm)
-    or ``"resid_delta"`` (what the MLP branch adds to the residual stream)."""
+    """The write point (:data:`clew.models.points.WRITE_POINTS`) where the returned tensor goes:
+    ``"mlp_out"`` (the MLP module's output, before any post-MLP norm) or ``"resid_delta"`` (what the
+    MLP branch adds to the residual stream). A reader picks its input with
+    :func:`clew.models.points.read_input`."""
 
     def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor: ...
 
@@ -65,6 +68,14 @@ class ActivationCache:
 
     def frozen(self) -> Frozen:
         return Frozen(patterns=list(self.patterns), scales=dict(self.scales))
+
+    def read(self, point: str, layer: int) -> Tensor:
+        """(B, P, D) what a dictionary reading at ``point`` (``resid_mid``, ``mlp_in``) sees at ``layer``."""
+        return getattr(self, read_point(point).cache)[layer]
+
+    def written(self, point: str, layer: int) -> Tensor:
+        """(B, P, D) what the MLP really wrote at write point ``point`` (``mlp_out``, ``resid_delta``)."""
+        return getattr(self, write_point(point).cache)[layer]
 
 
 @dataclass
@@ -236,6 +247,7 @@ class Transformer(nn.Module):
             self.unembed.weight = self.embed.weight
         self.tokenizer: Any = None  # the family's own tokenizer, set by the loader
         self.name = ""  # where the model came from (a path, hub id or built-in name)
+        self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     # --- the forward pass -------------------------------------------------------------------------------
 
@@ -277,6 +289,18 @@ class Transformer(nn.Module):
             logits = torch.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap
         return logits
 
+    def mlp_branch(self, layer: int, mlp_in: Tensor, write: str, frozen: Frozen | None = None) -> Tensor:
+        """The model's own MLP output at write point ``write`` from its normalised input (B, P, D); the
+        post-MLP norm's scale (Gemma-2/3, ``resid_delta``) is replayed from ``frozen`` when given."""
+        block = self.blocks[layer]
+        out = block.mlp(mlp_in)
+        if write_point(write).norm is None and block.mlp_post is not None:
+            name = f"{layer}.mlp_post"
+            out = block.mlp_post(
+                out, frozen.scales[name] if frozen is not None else block.mlp_post.scale(out)
+            )
+        return out
+
     def run_layers(
         self,
         resid: Tensor,
@@ -308,7 +332,7 @@ class Transformer(nn.Module):
             attn_out = st.norm(f"{layer}.attn_post", block.attn_post, attn_out)
         mid = resid + attn_out
         mlp_in = st.norm(f"{layer}.ln2", block.ln2, mid)
-        if st.mlp is not None and st.mlp.write == "resid_delta":
+        if st.mlp is not None and write_point(st.mlp.write).norm is None:  # it writes past any post-MLP norm
             out, delta = None, st.mlp(layer, mid, mlp_in)
         else:
             out = st.mlp(layer, mid, mlp_in) if st.mlp is not None else block.mlp(mlp_in)
@@ -331,14 +355,13 @@ class Transformer(nn.Module):
             return None
         local = cfg.layer_types[layer] == "sliding" and cfg.rope_local_theta is not None
         key = (local, P, like.device, like.dtype)
-        cached = getattr(self, "_rope_cache", {})
+        cached = self._rope_cache
         if key not in cached:
             theta = cfg.rope_local_theta if local else cfg.rope_theta
             inv_freq = rope_frequencies(cfg.d_head, theta, None if local else cfg.rope_scaling)
             angles = torch.arange(P, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (P, E/2)
             angles = torch.cat([angles, angles], dim=-1).to(like.device)
             cached[key] = (angles.cos().to(like.dtype), angles.sin().to(like.dtype))
-            self._rope_cache = cached
         return cached[key]
 
 

@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from clew.errors import ClewError
+from clew.models.points import READ_POINTS, WRITE_POINTS
 
 TRAIN_KINDS = ("plt", "clt", "skip")
 ACTIVATIONS = ("jumprelu", "topk", "batchtopk", "relu")
@@ -136,10 +137,10 @@ class TrainConfig:
             return f"kind {self.kind!r} is not one of {', '.join(TRAIN_KINDS)}"
         if self.activation not in ACTIVATIONS:
             return f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}"
-        if self.read not in ("mlp_in", "resid_mid"):
-            return f"read {self.read!r} is not one of mlp_in, resid_mid"
-        if self.write not in ("mlp_out", "resid_delta"):
-            return f"write {self.write!r} is not one of mlp_out, resid_delta"
+        if self.read not in READ_POINTS:
+            return f"read {self.read!r} is not one of {', '.join(READ_POINTS)}"
+        if self.write not in WRITE_POINTS:
+            return f"write {self.write!r} is not one of {', '.join(WRITE_POINTS)}"
         positive = ("k", "expansion", "ctx_len", "batch_size", "buffer_tokens", "data_shards", "model_batch")
         for name in positive:
             if getattr(self, name) < 1:

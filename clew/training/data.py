@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from clew.errors import ClewError
+from clew.models.points import read_input
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -318,22 +319,13 @@ class _Capture:
         self.targets: dict[int, Tensor] = {}
 
     def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
-        out = mlp_branch(self.model, layer, mlp_in, self.write)
+        out = self.model.mlp_branch(layer, mlp_in, self.write)
         if layer in self.layers:
-            self.inputs[layer] = resid_mid if self.read == "resid_mid" else mlp_in
+            self.inputs[layer] = read_input(self.read, resid_mid, mlp_in)
             self.targets[layer] = out
             if layer == self.last:
                 raise _Stop
         return out
-
-
-def mlp_branch(model: Any, layer: int, mlp_in: Tensor, write: str) -> Tensor:
-    """The model's own MLP output at ``write`` (``mlp_out``, or ``resid_delta`` after any post-MLP norm)."""
-    block = model.blocks[layer]
-    out = block.mlp(mlp_in)
-    if write == "resid_delta" and block.mlp_post is not None:
-        out = block.mlp_post(out, block.mlp_post.scale(out))
-    return out
 
 
 @torch.no_grad()

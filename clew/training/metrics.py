@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clew.dictionaries.transcoder import Transcoder
-from clew.training.data import activations, mlp_branch
+from clew.models.points import read_input
+from clew.training.data import activations
 
 
 @dataclass
@@ -112,13 +113,13 @@ class _Splice:
             return torch.zeros_like(resid_mid)
         tc = self.tc
         if layer in tc.layers and layer <= self.last:  # a CLT's earlier layers feed the spliced one
-            x = resid_mid if tc.cfg.read == "resid_mid" else mlp_in
+            x = read_input(tc.cfg.read, resid_mid, mlp_in)
             self.acts[layer] = tc.encode(layer, x)
             if layer in self.splice:
                 out = tc.decode(self.acts, layer)
                 skip = tc.skip_term(layer, x)
                 return (out if skip is None else out + skip).to(resid_mid.dtype)
-        return mlp_branch(self.model, layer, mlp_in, self.write)
+        return self.model.mlp_branch(layer, mlp_in, self.write)
 
 
 def _ce_sum(logits: Tensor, tokens: Tensor) -> float:

@@ -1,10 +1,10 @@
-"""The replacement model: the model with its MLPs replaced by a transcoder.
+"""The replacement model: the model with its MLPs replaced by a transcoder, live (nothing frozen).
 
 It relies on the model core's interface: ``model.run(tokens, *, record=False, mlp=None, frozen=None)``
-returns an object with ``.logits`` ``[B, P, V]`` and, when ``record``, ``.cache`` holding per-layer
-lists ``resid_mid``, ``mlp_in``, ``mlp_out`` and ``mlp_delta`` (each ``[B, P, d]``). ``mlp`` is an
-object with ``write`` (``"mlp_out"`` or ``"resid_delta"``) called as ``mlp(layer, resid_mid, mlp_in)``
-for layers ``0..n-1`` in order, returning the MLP branch's output at that write point.
+returns an object with ``.logits`` ``[B, P, V]`` and, when ``record``, an
+:class:`~clew.models.ActivationCache` (read at the dictionary's hook points with ``cache.read`` and
+``cache.written``). ``mlp`` is a :class:`~clew.models.MLPReplacement`; the model's own MLP branch at a
+write point is ``model.mlp_branch(layer, mlp_in, write, frozen)``.
 
 With the error terms (true MLP output minus reconstruction, from a clean run of the same tokens)
 added back, the replacement reproduces the model's logits; without them it is the pure replacement.
@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from clew.dictionaries.transcoder import Transcoder
 from clew.errors import ClewError
-
-_WRITE_CACHE = {"mlp_out": "mlp_out", "resid_delta": "mlp_delta"}
+from clew.models import Frozen, Transformer
+from clew.models.points import read_input
 
 TrueMLP = Callable[[int, Tensor, Tensor], Tensor]
 """``(layer, resid_mid, mlp_in) -> [B, P, d]``: the model's own MLP branch at the transcoder's write point."""
@@ -48,11 +47,6 @@ class InterventionResult:
 
 Intervention = tuple[int, int, int, float]
 """``(layer, position, feature, new_value)``; the position may be negative (from the end)."""
-
-
-def _cache_list(cache: Any, name: str) -> Sequence[Tensor]:
-    value = cache[name] if isinstance(cache, dict) else getattr(cache, name)
-    return value
 
 
 class _Splice:
@@ -82,7 +76,7 @@ class _Splice:
             if self.true_mlp is not None:
                 return self.true_mlp(layer, resid_mid, mlp_in)
             return self.frozen_outputs[layer]
-        x = resid_mid if tc.cfg.read == "resid_mid" else mlp_in
+        x = read_input(tc.cfg.read, resid_mid, mlp_in)
         acts = tc.encode(layer, x)  # [B, P, F]
         if self.true_mlp is not None:
             self.clean_acts[layer] = acts
@@ -117,38 +111,25 @@ class ReplacementModel:
     """``model`` with its MLPs replaced by ``transcoder`` at the transcoder's write point.
 
     ``true_mlp`` (optional) computes the model's own MLP branch at the write point; it is needed only
-    for interventions whose error terms are not frozen. When omitted, ``model.mlp_branch(layer,
-    resid_mid, mlp_in, write)`` is used if the model has it, else clew's Transformer's own blocks.
+    for interventions whose error terms are not frozen. When omitted, ``model.mlp_branch`` is used.
     """
 
-    def __init__(self, model: Any, transcoder: Transcoder, *, true_mlp: TrueMLP | None = None):
+    def __init__(self, model: Transformer, transcoder: Transcoder, *, true_mlp: TrueMLP | None = None):
         transcoder.check_compatible(model.cfg)
         self.model = model
         self.transcoder = transcoder
         self.true_mlp = true_mlp
 
-    def _true_mlp(self, frozen: Any) -> TrueMLP | None:
-        """The model's own MLP branch at the write point: ``true_mlp`` if given, else ``model.mlp_branch``,
-        else built from clew's Transformer (``blocks[l].mlp`` and ``blocks[l].mlp_post``)."""
+    def _true_mlp(self, frozen: Frozen | None) -> TrueMLP | None:
+        """The model's own MLP branch at the write point: ``true_mlp`` if given, else ``model.mlp_branch``
+        (with the post-MLP norm's scale from ``frozen`` when given); None for a model without one."""
         if self.true_mlp is not None:
             return self.true_mlp
-        model, write = self.model, self.transcoder.cfg.write
-        if hasattr(model, "mlp_branch"):
-            return lambda layer, resid_mid, mlp_in: model.mlp_branch(layer, resid_mid, mlp_in, write)
-        blocks = getattr(model, "blocks", None)
-        if blocks is None:
+        branch = getattr(self.model, "mlp_branch", None)
+        if branch is None:
             return None
-
-        def branch(layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
-            block = blocks[layer]
-            out = block.mlp(mlp_in)
-            post = getattr(block, "mlp_post", None)
-            if write == "mlp_out" or post is None:
-                return out
-            scale = frozen.scales[f"{layer}.mlp_post"] if frozen is not None else post.scale(out)
-            return post(out, scale)
-
-        return branch
+        write = self.transcoder.cfg.write
+        return lambda layer, resid_mid, mlp_in: branch(layer, mlp_in, write, frozen)
 
     @torch.no_grad()
     def clean_run(self, tokens: Tensor) -> CleanRun:
@@ -156,11 +137,9 @@ class ReplacementModel:
         tc = self.transcoder
         run = self.model.run(tokens, record=True)
         cache = run.cache
-        read = _cache_list(cache, tc.cfg.read)
-        written = _cache_list(cache, _WRITE_CACHE[tc.cfg.write])
-        inputs = {layer: read[layer] for layer in tc.layers}
+        inputs = {layer: cache.read(tc.cfg.read, layer) for layer in tc.layers}
         features = {layer: tc.encode(layer, x) for layer, x in inputs.items()}
-        outputs = {layer: written[layer] for layer in range(len(written))}
+        outputs = {layer: cache.written(tc.cfg.write, layer) for layer in range(self.model.cfg.n_layers)}
         recons, errors = {}, {}
         for layer in tc.layers:
             y = tc.decode(features, layer)
@@ -210,7 +189,7 @@ class ReplacementModel:
         interventions: Sequence[Intervention],
         *,
         freeze_errors: bool = True,
-        frozen: Any = None,
+        frozen: Frozen | None = None,
     ) -> InterventionResult:
         """Run with some feature activations set to new values (in every sequence of the batch).
 
@@ -227,7 +206,7 @@ class ReplacementModel:
             if true_mlp is None:
                 raise ClewError(
                     "intervene(freeze_errors=False) needs the model's own MLP: pass true_mlp= to "
-                    "ReplacementModel or use a model with mlp_branch() or blocks[l].mlp"
+                    "ReplacementModel or use a model with mlp_branch()"
                 )
         splice = _Splice(
             self.transcoder,

@@ -1,0 +1,177 @@
+"""The linear steps backwards through a frozen model: every transpose that attribution needs, in one place.
+
+With attention patterns and normalisation scales frozen at a clean run, each piece of a block is a
+linear map of the residual stream, and carrying a gradient (a target's vector) down the model is a
+chain of their transposes. :class:`Backward` has one method per piece; the attribution engine, the
+per-head split of an edge, QK attribution and constrained interventions are all built from them.
+
+Gradients are position-major, ``(P, B, D)``: P positions (from the first up to the last one that
+matters), B vectors carried at once, D d_model. Shapes: H query heads, K key/value heads, E d_head,
+S sources written at one layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from clew.dictionaries import Transcoder
+from clew.models import ActivationCache, Transformer
+from clew.models.points import read_point, write_point
+from clew.models.transformer import Norm
+
+
+def norm_transpose(norm: Norm, scale: Tensor, g: Tensor, weight: Tensor | None = None) -> Tensor:
+    """The transpose of a frozen norm: a gradient at its output -> at its input. ``scale`` broadcasts
+    against ``g``; ``weight`` is the norm's ``w + offset`` when already prepared."""
+    if weight is None:
+        weight = norm.weight.to(g.dtype) + norm.offset
+    g = g * (weight * scale.to(g.dtype))
+    if norm.centred:
+        g = g - g.mean(-1, keepdim=True)
+    return g
+
+
+@dataclass
+class LayerWeights:
+    """One layer's matrices in the backward pass's dtype, prepared once."""
+
+    o: Tensor
+    """(D, H*E) the attention output projection."""
+    v: Tensor
+    """(K*E, D) the value projection."""
+    norms: dict[str, Tensor] = field(default_factory=dict)
+    """Per norm of the block (``ln1``, ``attn_post``, ``ln2``, ``mlp_post``): its ``w + offset``."""
+    skip_t: Tensor | None = None
+    """(D, D) ``W_skip^T`` of the dictionary's skip path, if any."""
+
+
+@dataclass
+class WriteSources:
+    """Every source that writes at one layer's write point, padded position by position."""
+
+    vectors: Tensor
+    """(P, S, D) the vector each source writes (activation times decoder row, or the error), zero-padded."""
+    columns: Tensor
+    """(P, S) the source's column in the adjacency rows (padding: column 0, with a zero vector)."""
+    crowded: list[tuple[int, Tensor, Tensor]]
+    """Sources beyond the padded width S at the few crowded positions (the first token often has many
+    more features than the rest): per such position, (position, (X, D) vectors, (X,) columns)."""
+
+
+class Backward:
+    """The transposes of a model frozen at ``cache``, with ``transcoder``'s hook points and skip path."""
+
+    def __init__(
+        self, model: Transformer, cache: ActivationCache, transcoder: Transcoder, dtype: torch.dtype
+    ):
+        self.model, self.cache, self.tc, self.dtype = model, cache, transcoder, dtype
+        self.device = model.embed.weight.device
+        self.read = read_point(transcoder.cfg.read)
+        self.write = write_point(transcoder.cfg.write)
+        self._weights: dict[int, LayerWeights] = {}
+
+    def weights(self, layer: int) -> LayerWeights:
+        """Layer's matrices and norm weights in the backward pass's dtype, prepared on first use."""
+        if layer not in self._weights:
+            block, dt = self.model.blocks[layer], self.dtype
+            w = LayerWeights(o=block.attn.o.weight.to(dt), v=block.attn.v.weight.to(dt))
+            for name in ("ln1", "attn_post", "ln2", "mlp_post"):
+                norm = getattr(block, name)
+                if norm is not None:
+                    w.norms[name] = (norm.weight.float() + norm.offset).to(dt)
+            if self.tc.cfg.skip:
+                eye = torch.eye(self.model.cfg.d_model, dtype=torch.float32, device=self.device)
+                w.skip_t = self.tc.skip_term(layer, eye).to(dt)  # (D, D) = W_skip^T
+            self._weights[layer] = w
+        return self._weights[layer]
+
+    def scale(self, name: str) -> Tensor:
+        """(P, 1) a frozen normalisation scale (``"3.ln2"``, ``"final"``)."""
+        return self.cache.scales[name][0]
+
+    # --- norms and hook points -------------------------------------------------------------------------
+
+    def norm_t(self, layer: int, name: str, g: Tensor) -> Tensor:
+        """The transpose of layer's frozen norm ``name`` on a (P, B, D) gradient."""
+        scale = self.cache.scales[f"{layer}.{name}"][0, : g.shape[0], :, None]  # (P, 1, 1)
+        norm = getattr(self.model.blocks[layer], name)
+        return norm_transpose(norm, scale, g, self.weights(layer).norms[name])
+
+    def _across(self, layer: int, norm: str | None, g: Tensor) -> Tensor:
+        """``g`` through the block's norm ``norm`` between a hook point and the residual stream, if any."""
+        if norm is None or getattr(self.model.blocks[layer], norm) is None:
+            return g
+        return self.norm_t(layer, norm, g)
+
+    def read_t(self, layer: int, g: Tensor) -> Tensor:
+        """A gradient at the dictionary's read point -> at the residual stream before the MLP (P, B, D)."""
+        return self._across(layer, self.read.norm, g)
+
+    def write_t(self, layer: int, g: Tensor) -> Tensor:
+        """A gradient at the residual stream after the MLP -> at the dictionary's write point (P, B, D)."""
+        return self._across(layer, self.write.norm, g)
+
+    def final_t(self, directions: Tensor, pos: int) -> Tensor:
+        """Directions (B, D) at the final norm's output at ``pos`` -> at the final residual stream."""
+        scale = self.scale("final")[pos].expand(len(directions), 1)
+        return norm_transpose(self.model.ln_final, scale, directions.float())
+
+    def read_vectors(self, layer: int, pos: Tensor, vectors: Tensor) -> Tensor:
+        """Vectors (B, D) read at layer's read point at positions ``pos`` (B,) -> at the residual stream."""
+        name = self.read.norm
+        if name is None or getattr(self.model.blocks[layer], name) is None:
+            return vectors
+        norm = getattr(self.model.blocks[layer], name)
+        return norm_transpose(norm, self.scale(f"{layer}.{name}")[pos], vectors)
+
+    # --- the blocks' linear pieces ---------------------------------------------------------------------
+
+    def skip_t(self, layer: int, grad: Tensor) -> Tensor:
+        """The gradient through the transcoder's dense skip path, from the residual after the MLP to before it."""
+        skip_t = self.weights(layer).skip_t
+        assert skip_t is not None, "the dictionary has no skip path"
+        return self.read_t(layer, self.write_t(layer, grad) @ skip_t.T)
+
+    def attention_t(self, layer: int, grad: Tensor) -> Tensor:
+        """The gradient through layer's frozen attention branch, from the residual after it to before it."""
+        cfg, w = self.model.cfg, self.weights(layer)
+        H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        P, B, _ = grad.shape
+        g = self.norm_t(layer, "attn_post", grad) if "attn_post" in w.norms else grad
+        z = (g @ w.o).view(P, B, H, E).permute(2, 0, 1, 3).reshape(H, P, B * E)  # (H, Pq, B*E)
+        pattern = self.cache.patterns[layer][0, :, :P, :P].to(g.dtype)  # (H, Pq, Pk)
+        z = torch.bmm(pattern.transpose(1, 2), z)  # (H, Pk, B*E): each key gathers from its queries
+        z = z.view(K, H // K, P, B, E).sum(1)  # (K, Pk, B, E): heads sharing a key/value head
+        z = z.permute(1, 2, 0, 3).reshape(P * B, K * E)
+        g = (z @ w.v).view(P, B, -1)  # (P, B, D)
+        return self.norm_t(layer, "ln1", g)
+
+    def attention_t_by_head(self, layer: int, grad: Tensor, pos: int) -> Tensor:
+        """(P, H, D): a gradient (P, 1, D) that is nonzero only at query position ``pos``, carried through
+        each head of layer's frozen attention separately to every key position, before the layer's
+        pre-attention norm (summed over heads, it is :meth:`attention_t`)."""
+        cfg, w = self.model.cfg, self.weights(layer)
+        H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        g = self.norm_t(layer, "attn_post", grad) if "attn_post" in w.norms else grad  # (P, 1, D)
+        z = (g[pos, 0] @ w.o).view(H, E)  # (H, E): the gradient at each head's mixed values
+        w_v = w.v.view(K, E, -1)[torch.arange(H, device=z.device) // (H // K)]  # (H, E, D) per query head
+        u = torch.einsum("he,hed->hd", z, w_v)  # (H, D) through W_V
+        P = grad.shape[0]
+        pattern = self.cache.patterns[layer][0, :, pos, :P].to(u.dtype)  # (H, P): the query at pos
+        per_key = pattern.T[:, :, None] * u[None]  # (P, H, D)
+        return self.norm_t(layer, "ln1", per_key)
+
+    def contract(self, layer: int, grad: Tensor, rows: Tensor, sources: WriteSources) -> None:
+        """Add into ``rows`` (B, C) the effect on each carried target of every source writing at ``layer``,
+        from the gradient (P, B, D) at the residual after the layer's MLP: one batched product."""
+        g = self.write_t(layer, grad)  # (P, B, D)
+        P = g.shape[0]
+        vals = torch.bmm(g, sources.vectors[:P].transpose(1, 2))  # (P, B, S)
+        B, S = vals.shape[1], vals.shape[2]
+        rows.index_add_(1, sources.columns[:P].flatten(), vals.transpose(0, 1).reshape(B, P * S))
+        for pos, vectors, columns in sources.crowded:  # the crowded positions' surplus: (B, D) @ (D, X)
+            if pos < P:
+                rows.index_add_(1, columns, g[pos] @ vectors.T)
