@@ -13,29 +13,21 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from hf_tiny import smollm2_config  # noqa: E402  (the tests' fixture module)
+
 
 def build(device: str, seed: int = 0):
-    from transformers import LlamaConfig
-
     from clew.dictionaries.transcoder import Transcoder, TranscoderConfig
-    from clew.models import ModelConfig, Transformer
+    from clew.models import Transformer
 
-    hf = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        tie_word_embeddings=True,
-        max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-    )
-    cfg = ModelConfig.from_hf(hf.to_dict())
+    cfg = smollm2_config()
     g = torch.Generator().manual_seed(seed)
     model = Transformer(cfg)
     with torch.no_grad():

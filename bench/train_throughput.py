@@ -21,29 +21,18 @@ from __future__ import annotations
 
 import argparse
 import random
-import string
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from hf_tiny import WORDS, CharTokenizer, smollm2_config  # noqa: E402  (the tests' fixture module)
+
 from clew.training import TrainConfig, Trainer
 from clew.training.data import activations
-
-WORDS = (
-    "the a cat dog sat on mat and ran to house tree big small red blue green quick slow over under of".split()
-)
-
-
-class CharTokenizer:
-    bos_token_id, eos_token_id = 1, 2
-
-    def __init__(self) -> None:
-        self.ids = {c: i + 3 for i, c in enumerate(sorted(set(string.printable)))}
-
-    def encode(self, text: str) -> list[int]:
-        return [self.ids.get(c, 0) for c in text]
 
 
 def tiny_llama(device: str):
@@ -71,14 +60,10 @@ def tiny_llama(device: str):
 
 def random_smollm2(device: str):
     """SmolLM2-135M's shape with random weights (throughput does not depend on the weights)."""
-    from clew.models import ModelConfig, Transformer
+    from clew.models import Transformer
 
-    cfg = ModelConfig(
-        family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_head=64,
-        d_mlp=1536, norm_eps=1e-5, rope_theta=100000.0, tie_embeddings=True, bos_token_id=1,
-    )  # fmt: skip
     torch.manual_seed(0)
-    model = Transformer(cfg).to(device).eval()
+    model = Transformer(smollm2_config()).to(device).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)

@@ -1,10 +1,41 @@
-"""Tiny randomly initialised Hugging Face models of every supported family, saved as ordinary folders."""
+"""Tiny models for tests and benchmarks: randomly initialised Hugging Face models of every supported
+family saved as ordinary folders, SmolLM2-135M's shape for random-weight runs, and a character-level
+tokenizer with a small vocabulary of words. Benchmarks import this module from ``tests/``."""
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import torch
+
+WORDS = (
+    "the a cat dog sat on mat and ran to house tree big small red blue green quick slow over under of".split()
+)
+"""The words of the random texts that tests and benchmarks train on."""
+
+
+class CharTokenizer:
+    """A character-level tokenizer in plain Python (quick to set up in spawned processes)."""
+
+    bos_token_id, eos_token_id = 1, 2
+
+    def __init__(self) -> None:
+        self.ids = {c: i + 3 for i, c in enumerate(sorted(set(string.printable)))}
+
+    def encode(self, text: str) -> list[int]:
+        return [self.ids.get(c, 0) for c in text]
+
+
+def smollm2_config(n_ctx: int = 8192):
+    """SmolLM2-135M's shape (30 layers, width 576, 9 query and 3 key/value heads), for random weights."""
+    from clew.models import ModelConfig
+
+    return ModelConfig(
+        family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_head=64,
+        d_mlp=1536, n_ctx=n_ctx, norm_eps=1e-5, rope_theta=100000.0, tie_embeddings=True, bos_token_id=1,
+    )  # fmt: skip
+
 
 FAMILIES = ["llama", "llama3_tied", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -59,6 +60,19 @@ def test_trace_writes_graph_json_and_metadata(setup, capsys):
     meta = json.loads((out / "graph-metadata.json").read_text())
     assert meta["graphs"][0]["slug"] == slug
     assert json.loads((out / f"{slug}.json").read_text())["metadata"]["prompt"] == prompt
+
+
+def test_trace_prunes_and_scores_once(setup, capsys, monkeypatch):
+    """One pruning and two scorings (whole and pruned) per graph: each is one influence pass over the
+    adjacency, so a trace without a feature budget makes exactly three, whatever it writes."""
+    prune_module = importlib.import_module("clew.attribution.prune")  # the module, not the function
+    calls = []
+    influence = prune_module.influence
+    monkeypatch.setattr(prune_module, "influence", lambda *a, **k: calls.append(1) or influence(*a, **k))
+    argv = ["trace", "w1 w2 w3", "-m", str(setup / "model"), "-d", str(setup / "tc"), "--quiet"]
+    code, stdout, _ = run(capsys, *argv, "-o", str(setup / "counted"))
+    assert code == 0 and "replacement" in stdout
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize(

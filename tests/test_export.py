@@ -15,7 +15,8 @@ from tiny_dictionaries import random_transcoder
 
 import clew
 from clew.attribution import Graph, prune, trace
-from clew.attribution.export import cantor, export_json, import_json, node_ids, slug_from, uncantor
+from clew.attribution.analysis import analyze
+from clew.attribution.export import SLUG_RE, cantor, export_json, import_json, node_ids, slug_from, uncantor
 from clew.attribution.picture import describe_path, path_strength, render_svg, strongest_paths
 from clew.errors import ClewError
 from clew.models.loading import load_folder
@@ -82,7 +83,9 @@ def load(path) -> dict:
 
 
 def test_schema_and_field_rules(graph, tmp_path):
-    path = export_json(graph, tmp_path, "g", model_id="tiny-llama", feature_json_base_url="https://x/f")
+    path = export_json(
+        graph, analyze(graph), tmp_path, "g", model_id="tiny-llama", feature_json_base_url="https://x/f"
+    )
     data = load(path)
     assert list(data) == ["metadata", "qParams", "nodes", "links"]
     meta = data["metadata"]
@@ -149,7 +152,7 @@ def test_ids_are_unique_where_the_old_convention_collides(tmp_path):
     error_1_1 = g.error_offset + 1 * g.n_pos + 1
     assert ids[0] == "0_1_1" == f"0_{1}_{1}"  # the old error id of error_1_1 would be this feature's
     assert ids[error_1_1] == "1_-1_1"
-    data = load(export_json(g, tmp_path, "hand", node_threshold=1.0, edge_threshold=1.0))
+    data = load(export_json(g, analyze(g, 1.0, 1.0), tmp_path, "hand"))
     written = [n["node_id"] for n in data["nodes"]]
     assert "0_1_1" in written and "1_-1_1" in written and len(set(written)) == len(written)
     err = next(n for n in data["nodes"] if n["node_id"] == "1_-1_1")
@@ -171,27 +174,33 @@ def test_cantor_and_slugs(tmp_path):
         assert uncantor(cantor(x, y)) == (x, y)
     assert slug_from("The capital of Texas is") == "the-capital-of-texas-is"
     assert slug_from("<<>>") == "graph" and len(slug_from("word " * 100)) <= 48
+    tokyo, osaka = (
+        slug_from("東京は日本の首都"),
+        slug_from("大阪は日本の都市"),
+    )  # another script: a hash tells them apart
+    assert tokyo != osaka and all(SLUG_RE.match(s) and len(s) <= 48 for s in (tokyo, osaka))
+    assert slug_from("Café " * 20) != slug_from("Cafe " * 20) and len(slug_from("Café " * 20)) <= 48
     with pytest.raises(ClewError, match="slug"):
-        export_json(hand_graph(), tmp_path, "../escape")
+        export_json(hand_graph(), analyze(hand_graph()), tmp_path, "../escape")
 
 
 def test_graph_metadata_is_updated_and_replaced(tmp_path):
     g = hand_graph()
-    export_json(g, tmp_path, "one")
-    export_json(g, tmp_path, "two", node_threshold=1.0, edge_threshold=1.0)
+    export_json(g, analyze(g), tmp_path, "one")
+    export_json(g, analyze(g, 1.0, 1.0), tmp_path, "two")
     first = load(tmp_path / "graph-metadata.json")["graphs"]
     assert [e["slug"] for e in first] == ["one", "two"]
     for e in first:
         assert {"slug", "scan", "prompt", "prompt_tokens", "content_hash"} <= set(e)
         assert e["content_hash"] == load(tmp_path / f"{e['slug']}.json")["metadata"]["info"]["content_hash"]
     assert first[0]["content_hash"] != first[1]["content_hash"]  # different thresholds, different content
-    export_json(g, tmp_path, "one", node_threshold=1.0, edge_threshold=1.0)
+    export_json(g, analyze(g, 1.0, 1.0), tmp_path, "one")
     second = load(tmp_path / "graph-metadata.json")["graphs"]
     assert [e["slug"] for e in second] == ["one", "two"]
     assert second[0]["content_hash"] == second[1]["content_hash"] != first[0]["content_hash"]
     (tmp_path / "graph-metadata.json").write_text('{"graphs": 3}')
     with pytest.raises(ClewError, match=r"graph-metadata\.json.*'graphs'"):
-        export_json(g, tmp_path, "three")
+        export_json(g, analyze(g), tmp_path, "three")
 
 
 # --- import ----------------------------------------------------------------------------------------------
@@ -200,9 +209,7 @@ def test_graph_metadata_is_updated_and_replaced(tmp_path):
 @pytest.mark.parametrize("thresholds", [(1.0, 1.0), (0.8, 0.98), (0.5, 0.9)])
 def test_round_trip(graph, tmp_path, thresholds):
     pruned = prune(graph, *thresholds)
-    back = import_json(
-        export_json(graph, tmp_path, "rt", node_threshold=thresholds[0], edge_threshold=thresholds[1])
-    )
+    back = import_json(export_json(graph, analyze(graph, *thresholds), tmp_path, "rt"))
     kept = pruned.node_mask[: graph.n_features]
     assert torch.equal(back.features, graph.features[kept])
     assert torch.allclose(back.activations, graph.activations[kept], rtol=1e-5)
@@ -234,7 +241,7 @@ def test_round_trip(graph, tmp_path, thresholds):
 
 def test_round_trip_of_a_graph_with_everything_kept(tmp_path):
     g = hand_graph()
-    back = import_json(export_json(g, tmp_path, node_threshold=1.0, edge_threshold=1.0))
+    back = import_json(export_json(g, analyze(g, 1.0, 1.0), tmp_path))
     assert torch.equal(back.features, g.features) and torch.equal(back.adjacency, g.adjacency)
     assert back.error_norms.tolist() == [[0, 0, 2], [0, 4, 0]]  # only the errors with edges are written
     assert back.token_strings == g.token_strings

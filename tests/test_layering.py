@@ -23,6 +23,7 @@ LEVELS = {
     "errors": 0,
     # base: no model, no torch
     "allocator": 1,
+    "files": 1,
     "assets": 1,
     "render": 1,
     # the model core

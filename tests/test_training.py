@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_tiny import save_hf_model
+from hf_tiny import WORDS, CharTokenizer, save_hf_model
 from tiny_dictionaries import random_transcoder
 
 from clew.cli import main
@@ -23,10 +23,6 @@ from clew.models.loading import load_folder
 from clew.replacement import ReplacementModel
 from clew.training import TrainConfig, Trainer, evaluate, train
 from clew.training.data import ShardReader, activations, open_text
-
-WORDS = (
-    "the cat dog sat on a mat and ran to house tree big small red blue green quick slow over under".split()
-)
 
 
 def save_char_tokenizer(folder: Path) -> None:
@@ -47,18 +43,6 @@ def write_text(path: Path, n_docs: int = 120, seed: int = 0) -> Path:
     docs = [" ".join(r.choice(WORDS) for _ in range(r.randint(4, 40))) for _ in range(n_docs)]
     path.write_text("\n\n".join(docs) + "\n")
     return path
-
-
-class CharTokenizer:
-    """The same character-level tokenizer in plain Python (quick to set up in spawned processes)."""
-
-    bos_token_id, eos_token_id = 1, 2
-
-    def __init__(self) -> None:
-        self.ids = {c: i + 3 for i, c in enumerate(sorted(set(string.printable)))}
-
-    def encode(self, text: str) -> list[int]:
-        return [self.ids.get(c, 0) for c in text]
 
 
 def char_model(folder: Path):

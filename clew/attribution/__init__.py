@@ -1,5 +1,6 @@
 """Attribution graphs: the engine, tracing, pruning and scores, files and exports."""
 
+from clew.attribution.analysis import Analysis, analyze
 from clew.attribution.export import export_json, import_json
 from clew.attribution.graph import Graph
 from clew.attribution.picture import describe_path, render_svg, strongest_paths
@@ -8,10 +9,12 @@ from clew.attribution.trace import trace
 from clew.attribution.verify import check_graph
 
 __all__ = [
+    "Analysis",
     "Graph",
     "Pruned",
     "Scores",
     "check_graph",
+    "analyze",
     "describe_path",
     "export_json",
     "import_json",

@@ -1,8 +1,8 @@
 """Graph JSON for the attribution-graph viewers (Neuronpedia's and circuit-tracer's), written and read.
 
-:func:`export_json` prunes a graph and writes ``<slug>.json`` in the viewers' schema (version 1, top-level
-``metadata``, ``qParams``, ``nodes``, ``links``), then adds or replaces the slug's entry in
-``graph-metadata.json`` in the same folder. :func:`import_json` reads such a file, whether written by
+:func:`export_json` writes a graph's pruned view (an :class:`~clew.attribution.analysis.Analysis`) to
+``<slug>.json`` in the viewers' schema (version 1, top-level ``metadata``, ``qParams``, ``nodes``,
+``links``), then adds or replaces the slug's entry in ``graph-metadata.json`` in the same folder. :func:`import_json` reads such a file, whether written by
 clew, by circuit-tracer or downloaded from Neuronpedia, back into a :class:`Graph`.
 
 Node ids written by clew (``jsNodeId`` is always equal to ``node_id``), and their ``feature`` field:
@@ -20,7 +20,7 @@ token twice) gets its index among the logits as a suffix, ``_{j}``. On import, k
 shape of an id.
 
 Size: floats are rounded to 6 significant digits and the JSON is compact, one node or link a line. Only
-the nodes and edges kept by :func:`prune` at the given thresholds are written.
+the nodes and edges the analysis kept are written.
 
 ``influence`` is each node's cumulative influence fraction at its rank (``Pruned.cumulative``); the
 viewers' slider shows the nodes whose value is at most the threshold. Embeddings and logits are always
@@ -32,7 +32,7 @@ hex digits of the SHA-256 of the nodes and links as written. A viewer that fetch
 
 clew's additions all live inside ``metadata.info``: ``generator``, ``create_time_ms``, ``content_hash``,
 ``n_layers``, ``model``, ``dictionary`` and ``scores`` (replacement and completeness of the whole graph
-and of the pruned one, from :func:`scores`).
+and of the pruned one, from the analysis).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -48,9 +47,11 @@ from typing import Any
 
 import torch
 
+from clew.attribution.analysis import Analysis
 from clew.attribution.graph import Graph
-from clew.attribution.prune import Pruned, prune, scores
+from clew.attribution.prune import Pruned
 from clew.errors import ClewError
+from clew.files import write_atomic
 
 SCHEMA_VERSION = 1
 FEATURE_TYPE = {
@@ -86,9 +87,21 @@ def round6(x: float) -> float | None:
 
 
 def slug_from(text: str, max_len: int = 48) -> str:
-    """A filename-safe slug: lower-case letters, digits and dashes."""
+    """A slug the viewers accept, from a prompt: lower-case ASCII letters, digits and dashes. Letters and
+    digits outside ASCII are dropped, and then a short hash of the text is added, so that two prompts
+    in another script do not share a slug."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].strip("-")
+    if any(c.isalnum() and not c.isascii() for c in text):
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+        slug = f"{slug[: max_len - 9]}-{digest}".strip("-")
     return slug or "graph"
+
+
+def check_slug(slug: str) -> str:
+    """``slug`` if the viewers accept it (and it names a file inside its folder), else a one-line error."""
+    if not SLUG_RE.match(slug):
+        raise ClewError(f"slug {slug!r}: use letters, digits, '.', '_' and '-' only (at most 128)")
+    return slug
 
 
 def top_logit(graph: Graph) -> int:
@@ -119,12 +132,6 @@ def node_ids(graph: Graph) -> dict[int, str]:
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- writing ---------------------------------------------------------------------------------------------
@@ -184,17 +191,17 @@ def _links(graph: Graph, pruned: Pruned, ids: dict[int, str]) -> list[str]:
 
 def export_json(
     graph: Graph,
+    analysis: Analysis,
     out_dir: str | Path,
     slug: str | None = None,
     *,
-    node_threshold: float = 0.8,
-    edge_threshold: float = 0.98,
     model_id: str | None = None,
     transcoder_list: list[str] | None = None,
     feature_json_base_url: str | None = None,
     labels: dict[int, str] | None = None,
 ) -> Path:
-    """Prune ``graph`` and write ``out_dir/<slug>.json`` for the viewers; update ``graph-metadata.json``.
+    """Write ``analysis``'s pruned view of ``graph`` to ``out_dir/<slug>.json`` for the viewers; update
+    ``graph-metadata.json``.
 
     ``labels`` maps node indices to display labels (``clerp``); ``model_id`` is the viewers' ``scan``
     (default: the graph's model name). Returns the path of the graph file.
@@ -203,15 +210,12 @@ def export_json(
 
     out_dir = Path(out_dir)
     prompt = graph.prompt or "".join(graph.token_strings)
-    if slug is None:
-        slug = slug_from(prompt)
-    elif not SLUG_RE.match(slug):
-        raise ClewError(f"slug {slug!r}: use letters, digits, '.', '_' and '-' only (at most 128)")
+    slug = slug_from(prompt) if slug is None else check_slug(slug)
     if out_dir.exists() and not out_dir.is_dir():
         raise ClewError(f"{out_dir}: not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    pruned = prune(graph, node_threshold, edge_threshold)
+    pruned, node_threshold = analysis.pruned, analysis.node_threshold
     ids = {n: i for n, i in node_ids(graph).items() if pruned.node_mask[n]}
     nodes = [
         json.dumps(n, ensure_ascii=False, separators=(",", ":"))
@@ -221,7 +225,7 @@ def export_json(
     body = '"nodes":[\n' + ",\n".join(nodes) + '\n],\n"links":[\n' + ",\n".join(links) + "\n]"
     content_hash = hashlib.sha256(body.encode("utf-8")).hexdigest()[:12]
 
-    whole, sub = scores(graph), scores(graph, keep=pruned.node_mask)
+    whole, sub = analysis.scores, analysis.pruned_scores
     scan = model_id or graph.model_name or "unknown"
     created = int(time.time() * 1000)
     metadata: dict[str, Any] = {
@@ -251,7 +255,10 @@ def export_json(
         },
     }
     metadata["generation_settings"] = _jsonable(graph.settings)
-    metadata["pruning_settings"] = {"node_threshold": node_threshold, "edge_threshold": edge_threshold}
+    metadata["pruning_settings"] = {
+        "node_threshold": node_threshold,
+        "edge_threshold": analysis.edge_threshold,
+    }
     q_params = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
 
     head = (
@@ -262,7 +269,7 @@ def export_json(
         + ",\n"
     )
     path = out_dir / f"{slug}.json"
-    _write_atomic(path, head + body + "}\n")
+    write_atomic(path, head + body + "}\n")
     entry = {k: metadata[k] for k in ("slug", "scan", "prompt", "prompt_tokens", "node_threshold")}
     entry |= {"schema_version": SCHEMA_VERSION, "content_hash": content_hash, "create_time_ms": created}
     _update_index(out_dir / INDEX_FILE, entry)
@@ -286,7 +293,7 @@ def _update_index(path: Path, entry: dict[str, Any]) -> None:
         data["graphs"] = [g for i, g in enumerate(graphs) if i not in same[1:]]
     else:
         graphs.append(entry)
-    _write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+    write_atomic(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
 
 # --- reading ---------------------------------------------------------------------------------------------

@@ -39,9 +39,9 @@ def demo_prompts() -> list[tuple[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     from clew.assets import ORGANISM
-    from clew.attribution import describe_path, export_json, prune, render_svg, scores, strongest_paths, trace
+    from clew.attribution import analyze, describe_path, export_json, render_svg, strongest_paths, trace
+    from clew.attribution.export import slug_from
     from clew.attribution.labels import promoted_token_labels
-    from clew.commands.trace import slugify
     from clew.resolve import load_model_and_dictionary
 
     model, tc = load_model_and_dictionary(ORGANISM.name, str(ORGANISM.dictionary_path(args.dictionary)))
@@ -49,12 +49,12 @@ def run(args: argparse.Namespace) -> int:
     pictures = []
     for task, prompt in demo_prompts():
         graph = trace(model, tc, prompt, max_feature_nodes=args.max_feature_nodes, progress=False)
-        pruned = prune(graph)
+        analysis = analyze(graph)
+        pruned, full, kept = analysis.pruned, analysis.scores, analysis.pruned_scores
         labels = promoted_token_labels(model, tc, graph)
-        full, kept = scores(graph), scores(graph, keep=pruned.node_mask)
-        slug = slugify(prompt)
+        slug = slug_from(prompt)
         graph.save(out / f"{slug}.safetensors")
-        export_json(graph, out, slug, labels=labels)
+        export_json(graph, analysis, out, slug, labels=labels)
         picture = render_svg(graph, pruned, out / f"{slug}.svg", labels=labels)
         pictures.append(picture)
         top = ", ".join(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clew.attribution import Analysis, Graph
 
 EPILOG = """\
 examples:
@@ -75,8 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from clew.attribution import prune, scores, trace
-    from clew.attribution.export import export_json
+    from clew.attribution import analyze, trace
+    from clew.attribution.export import check_slug, export_json, slug_from
     from clew.errors import ClewError
     from clew.resolve import load_model_and_dictionary
 
@@ -84,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise ClewError(f"--desired-logit-prob must be in (0, 1], got {args.desired_logit_prob}")
     if args.max_feature_nodes is not None and args.max_feature_nodes < 1:
         raise ClewError(f"--max-feature-nodes must be positive, got {args.max_feature_nodes}")
+    slug = check_slug(args.slug) if args.slug else slug_from(args.prompt)
     model, dictionary = load_model_and_dictionary(args.model, args.dictionary, device=args.device)
     graph = trace(
         model,
@@ -99,14 +104,10 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     out = Path(args.out)
-    slug = args.slug or slugify(args.prompt)
     graph.save(out / f"{slug}.safetensors")
-    json_path = export_json(
-        graph, out, slug, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold
-    )
-    pruned = prune(graph, args.node_threshold, args.edge_threshold)
-    full, kept = scores(graph), scores(graph, keep=pruned.node_mask)
-    print(report(graph, full, kept, pruned))
+    analysis = analyze(graph, args.node_threshold, args.edge_threshold)
+    json_path = export_json(graph, analysis, out, slug)
+    print(report(graph, analysis))
     if args.verify:
         from clew.attribution.verify import check_graph
 
@@ -119,14 +120,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def slugify(text: str, limit: int = 48) -> str:
-    keep = "".join(c.lower() if c.isalnum() else "-" for c in text.strip())
-    slug = "-".join(part for part in keep.split("-") if part)[:limit].strip("-")
-    return slug or "graph"
-
-
-def report(graph, full, kept, pruned) -> str:
+def report(graph: Graph, analysis: Analysis) -> str:
     """The top predictions, the graph's size and scores, as printed by ``clew trace``."""
+    pruned, full, kept = analysis.pruned, analysis.scores, analysis.pruned_scores
     lines = [f"prompt: {graph.prompt!r} ({graph.n_pos} tokens)", "top predictions:"]
     for label, prob in zip(graph.logit_labels, graph.logit_probs.tolist()):
         lines.append(f"  {label!r:>16}  p={prob:.3f}")

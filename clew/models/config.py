@@ -7,12 +7,12 @@ from GPT-2 is written here, as data. ``ModelConfig.from_hf`` translates a Huggin
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clew.errors import ClewError
+from clew.files import load_json
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3", "gpt2")
 
@@ -106,13 +106,7 @@ class ModelConfig:
     @classmethod
     def from_hf_file(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ClewError(f"{path}: no such file") from None
-        except json.JSONDecodeError as err:
-            raise ClewError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        return cls.from_hf(d, source=str(path))
+        return cls.from_hf(load_json(path), source=str(path))
 
     @classmethod
     def from_hf(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:

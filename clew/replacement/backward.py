@@ -19,7 +19,7 @@ from torch import Tensor
 
 from clew.dictionaries import Transcoder
 from clew.models import ActivationCache, Transformer
-from clew.models.points import read_point, write_point
+from clew.models.points import Point, read_point, write_point
 from clew.models.transformer import Norm
 
 
@@ -100,19 +100,20 @@ class Backward:
         norm = getattr(self.model.blocks[layer], name)
         return norm_transpose(norm, scale, g, self.weights(layer).norms[name])
 
-    def _across(self, layer: int, norm: str | None, g: Tensor) -> Tensor:
-        """``g`` through the block's norm ``norm`` between a hook point and the residual stream, if any."""
-        if norm is None or getattr(self.model.blocks[layer], norm) is None:
-            return g
-        return self.norm_t(layer, norm, g)
+    def _norm_at(self, layer: int, point: Point) -> str | None:
+        """The norm of layer's block between ``point`` and the residual stream, if the block has one."""
+        name = point.norm
+        return name if name is not None and getattr(self.model.blocks[layer], name) is not None else None
 
     def read_t(self, layer: int, g: Tensor) -> Tensor:
         """A gradient at the dictionary's read point -> at the residual stream before the MLP (P, B, D)."""
-        return self._across(layer, self.read.norm, g)
+        name = self._norm_at(layer, self.read)
+        return g if name is None else self.norm_t(layer, name, g)
 
     def write_t(self, layer: int, g: Tensor) -> Tensor:
         """A gradient at the residual stream after the MLP -> at the dictionary's write point (P, B, D)."""
-        return self._across(layer, self.write.norm, g)
+        name = self._norm_at(layer, self.write)
+        return g if name is None else self.norm_t(layer, name, g)
 
     def final_t(self, directions: Tensor, pos: int) -> Tensor:
         """Directions (B, D) at the final norm's output at ``pos`` -> at the final residual stream."""
@@ -121,8 +122,8 @@ class Backward:
 
     def read_vectors(self, layer: int, pos: Tensor, vectors: Tensor) -> Tensor:
         """Vectors (B, D) read at layer's read point at positions ``pos`` (B,) -> at the residual stream."""
-        name = self.read.norm
-        if name is None or getattr(self.model.blocks[layer], name) is None:
+        name = self._norm_at(layer, self.read)
+        if name is None:
             return vectors
         norm = getattr(self.model.blocks[layer], name)
         return norm_transpose(norm, self.scale(f"{layer}.{name}")[pos], vectors)

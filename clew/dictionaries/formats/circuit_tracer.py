@@ -40,6 +40,7 @@ from clew.dictionaries.formats.common import (
 )
 from clew.dictionaries.transcoder import Transcoder
 from clew.errors import ClewError
+from clew.files import load_yaml
 
 MODEL_KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
 CLEW_FORMAT_VERSION = 1
@@ -56,7 +57,7 @@ def read(
     """Read a circuit-tracer folder (``config.yaml`` and its weight files); ``resolve`` fetches ``hf://`` entries."""
     config_path = folder / "config.yaml"
     where = str(config_path)
-    config = _load_yaml(config_path)
+    config = load_yaml(config_path)
     facts = Facts(where=where)
     model_kind = config.get("model_kind")
     if model_kind not in MODEL_KINDS:
@@ -80,18 +81,6 @@ def read(
     else:
         parts = _clt_layers(folder, facts)
     return assemble(facts, parts, lazy=lazy, device=device, dtype=dtype)
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ClewError(f"{path}: no such file") from None
-    except yaml.YAMLError as err:
-        raise ClewError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(config, dict):
-        raise ClewError(f"{path}: expected a mapping of fields at the top level")
-    return config
 
 
 def _apply_clew_block(facts: Facts, block: Any, where: str) -> None:

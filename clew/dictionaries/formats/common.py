@@ -8,7 +8,6 @@ the :class:`Transcoder`.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,19 +112,6 @@ class SafetensorsFile:
     def _need(self, key: str) -> None:
         if key not in self.keys:
             raise ClewError(f"{self.path}: missing tensor {key!r} (has: {', '.join(sorted(self.keys))})")
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; a missing file or bad JSON is a one-line error."""
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClewError(f"{path}: no such file") from None
-    except json.JSONDecodeError as err:
-        raise ClewError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(obj, dict):
-        raise ClewError(f"{path}: expected a JSON object")
-    return obj
 
 
 def load_npz(path: Path) -> dict[str, Tensor]:

@@ -22,11 +22,11 @@ from clew.dictionaries.formats.common import (
     LayerParts,
     SafetensorsFile,
     layer_from_name,
-    load_json,
     load_npz,
     translate_hook,
 )
 from clew.errors import ClewError
+from clew.files import load_json
 
 GS1_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 

@@ -23,10 +23,10 @@ from clew.dictionaries.formats.common import (
     LayerParts,
     SafetensorsFile,
     expect_shape,
-    load_json,
     translate_hook,
 )
 from clew.errors import ClewError
+from clew.files import load_json
 
 
 def is_layer(path: Path) -> bool:

@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 
 from clew.dictionaries.activations import canonical_activation
-from clew.dictionaries.formats.common import Facts, LayerParts, SafetensorsFile, load_json
+from clew.dictionaries.formats.common import Facts, LayerParts, SafetensorsFile
 from clew.errors import ClewError
+from clew.files import load_json
 
 _HOOKPOINT = re.compile(r"^(?:.*\.)?(?:layers|h)\.(\d+)\.mlp$")
 _UNSUPPORTED = ("embed_skip", "gram_lookup")

@@ -1,0 +1,52 @@
+"""Reading a user's JSON and YAML files with one-line errors, and writing files whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from clew.errors import ClewError
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; a missing file or bad JSON is a one-line error."""
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClewError(f"{path}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise ClewError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(obj, dict):
+        raise ClewError(f"{path}: expected a JSON object")
+    return obj
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; a missing file or bad YAML is a one-line error."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ClewError(f"{path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ClewError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(config, dict):
+        raise ClewError(f"{path}: expected a mapping of fields at the top level")
+    return config
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a fresh temporary file beside it (never a planted link),
+    renamed into place: a reader sees the old file or the new one, never half of either."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
