@@ -38,6 +38,7 @@ LEVELS = {
     "heads": 5,
     "toys": 5,
     # what is built from those: the organism (trained, traced and examined)
+    "qk": 6,
     "organism": 6,
     # the user's entry points
     "resolve": 8,

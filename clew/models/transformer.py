@@ -124,18 +124,32 @@ class Attention(nn.Module):
         self.k_norm = Norm(E, cfg) if cfg.qk_norm else None
         self.sliding = cfg.layer_types[layer] == "sliding"
 
-    def queries_keys(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
-        """(B, P, D) normalised input -> queries (B, H, P, E) and keys (B, K, P, E), normed and rotated."""
+    def queries_keys(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, qk_scales: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(B, P, D) normalised input -> queries (B, H, P, E) and keys (B, K, P, E), normed and rotated.
+        ``qk_scales`` replays the query/key norms' scales (Qwen3, Gemma-3) instead of computing them."""
         cfg = self.cfg
         B, P, _ = x.shape
         q = self.q(x).view(B, P, cfg.n_heads, cfg.d_head)
         k = self.k(x).view(B, P, cfg.n_kv_heads, cfg.d_head)
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q, self.q_norm.scale(q)), self.k_norm(k, self.k_norm.scale(k))
+            sq, sk = qk_scales if qk_scales is not None else (self.q_norm.scale(q), self.k_norm.scale(k))
+            q, k = self.q_norm(q, sq), self.k_norm(k, sk)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k
+
+    def qk_norm_scales(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The query and key norms' scales (B, P, H, 1) and (B, P, K, 1) on normalised input x (B, P, D);
+        None without query/key norms."""
+        if self.q_norm is None or self.k_norm is None:
+            return None
+        B, P, _ = x.shape
+        q = self.q(x).view(B, P, self.cfg.n_heads, self.cfg.d_head)
+        k = self.k(x).view(B, P, self.cfg.n_kv_heads, self.cfg.d_head)
+        return self.q_norm.scale(q), self.k_norm.scale(k)
 
     def pattern(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """(B, P, D) normalised input -> attention pattern (B, H, P, P)."""

@@ -1,0 +1,111 @@
+"""``clew qk``: why an attention head attends where it does (QK attribution)."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  clew qk "Mr Dorvak met Ms Lin. Later, Mr Dorvak" --model organism --head 2.4
+  clew qk graphs/the-capital-of-the-state-containing-dallas-is.safetensors --head 2.4 --key 6
+  clew qk "The capital of France is" -m smollm2-135m -d ./tc --head 18.6 --query -1 --key 3 --top 20
+
+Positions count from 0 (the beginning-of-sequence token, where the family adds one); negative
+positions count from the end. Without --key, every key the head can see is listed with its attention
+weight, and the key it attends to most is explained. Pieces are named like graph nodes: L1/F12@6 (a
+feature of layer 1, index 12, at position 6), error L0@6, token ' Dallas'@6; and head L1.H3@6 (what
+head 3 of layer 1 wrote at position 6), skip L0@6, biases (the residual stream's constants),
+query bias / key bias (the projections' constants). Gemma-2's soft-capped scores are explained
+before the cap; the capped value is printed beside them."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "qk",
+        help="explain an attention score by pairs of query-side and key-side features (QK attribution)",
+        description="Split one attention head's score between a query and a key position into the exact "
+        "contributions of pairs of pieces: the graph's nodes (token embeddings, features, error nodes) on "
+        "each side, what earlier heads wrote there, skip paths and biases. Norm scales are frozen at the "
+        "clean run, so the pairs sum to the score exactly.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source", metavar="PROMPT_OR_GRAPH", help="a prompt, or a graph file (.safetensors) from clew trace"
+    )
+    p.add_argument("--model", "-m", help="the model (default: the graph's; needed with a prompt)")
+    p.add_argument("--dictionary", "-d", help="the transcoders (default: the graph's, or the model's own)")
+    p.add_argument("--head", required=True, metavar="L.H", help="the head, as layer.head (e.g. 2.4)")
+    p.add_argument("--query", type=int, default=-1, help="the query position (default: the last)")
+    p.add_argument("--key", type=int, help="the key position (default: the one the head attends to most)")
+    p.add_argument("--top", type=int, default=10, help="pairs and pieces to show (default: %(default)s)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.set_defaults(func=run)
+
+
+def parse_head(text: str) -> tuple[int, int]:
+    from clew.errors import ClewError
+
+    parts = text.split(".")
+    if len(parts) != 2 or not all(x.strip().lstrip("-").isdigit() for x in parts):
+        raise ClewError(f"--head {text!r}: write the head as LAYER.HEAD, e.g. 2.4")
+    return int(parts[0]), int(parts[1])
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clew.attribution import Graph
+    from clew.attribution.trace import tokenize
+    from clew.errors import ClewError
+    from clew.qk import qk_attribution
+    from clew.replacement import LocalReplacement
+    from clew.resolve import load_model_and_dictionary
+
+    layer, head = parse_head(args.head)
+    if args.top < 1:
+        raise ClewError(f"--top must be positive, got {args.top}")
+    if args.source.endswith(".safetensors"):
+        if not Path(args.source).is_file():
+            raise ClewError(f"{args.source}: no such graph file")
+        graph = Graph.load(args.source)
+        model_name = args.model or graph.model_name
+        if not model_name:
+            raise ClewError(f"{args.source}: the graph does not name its model: give --model")
+        dictionary = args.dictionary or graph.dictionary_name or None
+        model, tc = load_model_and_dictionary(model_name, dictionary, device=args.device)
+        tokens, strings = graph.tokens, graph.token_strings
+    else:
+        if not args.model:
+            raise ClewError("--model is needed with a prompt (or give a graph file)")
+        model, tc = load_model_and_dictionary(args.model, args.dictionary, device=args.device)
+        tokens, strings = tokenize(model, args.source)
+    local = LocalReplacement(model, tc, tokens.to(model.embed.weight.device))
+    P = local.n_pos
+
+    def position(name: str, value: int) -> int:
+        if not -P <= value < P:
+            raise ClewError(
+                f"--{name} {value}: the prompt has {P} tokens (positions 0..{P - 1}, or -1..-{P})"
+            )
+        return value % P
+
+    query = position("query", args.query)
+    if not 0 <= layer < local.n_layers or not 0 <= head < model.cfg.n_heads:
+        qk_attribution(local, layer, head, query, query)  # raises the one-line error naming what is out of range
+    pattern = local.cache.patterns[layer][0, head, query].float()
+    if args.key is None:
+        print(f"head L{layer}.H{head} at query {query} {strings[query]!r} attends to:")
+        for k in pattern.argsort(descending=True)[: args.top].tolist():
+            if pattern[k] > 0:
+                print(f"  {float(pattern[k]):6.3f}  key {k} {strings[k]!r}")
+        key = int(pattern.argmax())
+        print()
+    else:
+        key = position("key", args.key)
+    result = qk_attribution(local, layer, head, query, key)
+    print(
+        f"query {query} {strings[query]!r} -> key {key} {strings[key]!r}: attention weight {float(pattern[key]):.3f}"
+    )
+    print(result.format(args.top))
+    return 0
