@@ -105,3 +105,22 @@ def test_user_mistakes_are_one_line_errors(setup, capsys, args, message):
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert err.startswith("clew: error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_qk_explains_a_score_and_refuses_bad_addresses(setup, capsys):
+    base = ["qk", "w1 w2 w3 w1 w2", "-m", str(setup / "model"), "-d", str(setup / "tc")]
+    code, stdout, _ = run(capsys, *base, "--head", "2.1", "--top", "3")
+    assert code == 0
+    assert "attends to" in stdout and "top pairs" in stdout and "pairs sum to" in stdout
+    assert "read, through its values" in stdout  # the strongest earlier head, expanded
+    code, stdout, _ = run(capsys, *base, "--head", "1.0", "--query", "-1", "--key", "2", "--no-expand")
+    assert code == 0 and "key 2" in stdout and "read, through" not in stdout
+    for args, phrase in (
+        (["--head", "2"], "LAYER.HEAD"),
+        (["--head", "7.0"], "layer 7 is out of range"),
+        (["--head", "0.9"], "head 9 is out of range"),
+        (["--head", "0.0", "--query", "2", "--key", "4"], "comes after query position 2"),
+        (["--head", "0.0", "--key", "40"], "--key 40"),
+    ):
+        code, _, err = run(capsys, *base, *args)
+        assert code == 2 and phrase in err and err.count("\n") == 1, (args, err)

@@ -100,3 +100,38 @@ def test_mistakes_are_one_line_errors(models):
         with pytest.raises(ClewError) as err:
             qk_attribution(local, *args)
         assert phrase in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "qwen3"])
+def test_a_head_piece_expands_into_what_the_head_read(models, family):
+    """A head's output is the sum of the pieces it read (pattern-weighted, through its value path), and
+    their contributions through one side of a later score sum to that head piece's marginal."""
+    from clew.qk import expand_head, head_value_terms
+
+    model = models[family]
+    local = LocalReplacement(model, random_transcoder(model.cfg, "clt-relu"), prompt())
+    L, P = local.n_layers, local.n_pos
+    r = qk_attribution(local, L - 1, 0, P - 1, P - 3)
+    for side, terms, marginals in (
+        ("query", r.query_terms, r.query_marginals),
+        ("key", r.key_terms, r.key_marginals),
+    ):
+        heads = [i for i, kind in enumerate(terms.kinds) if kind == "head"]
+        assert heads, side
+        for i in heads[:: max(1, len(heads) // 3)]:
+            label = terms.labels[i]
+            layer, head, pos = (
+                int(x) for x in label.removeprefix("head L").replace(".H", " ").replace("@", " ").split()
+            )
+            parts = head_value_terms(local, layer, head, pos)  # asserts that they sum to the head's output
+            assert torch.allclose(
+                parts.stacked().sum(0),
+                terms.vectors[i],
+                atol=1e-4 * (1 + float(terms.vectors[i].abs().max())),
+            )
+            expanded = expand_head(local, r, label)
+            assert abs(sum(v for _, v in expanded) - float(marginals[i])) <= TOL * max(
+                1.0, float(r.pairs.abs().sum())
+            )
+    with pytest.raises(ClewError, match="not a head piece"):
+        expand_head(local, r, "L0/F1@2")

@@ -12,7 +12,9 @@ examples:
 
 Positions count from 0 (the beginning-of-sequence token, where the family adds one); negative
 positions count from the end. Without --key, every key the head can see is listed with its attention
-weight, and the key it attends to most is explained. Pieces are named like graph nodes: L1/F12@6 (a
+weight, and the key it attends to most is explained. The strongest earlier head on each side is then
+split into what it read (its value side): for an induction head, the key side is carried by a
+previous-token head, which read the features of the token before the key. Pieces are named like graph nodes: L1/F12@6 (a
 feature of layer 1, index 12, at position 6), error L0@6, token ' Dallas'@6; and head L1.H3@6 (what
 head 3 of layer 1 wrote at position 6), skip L0@6, biases (the residual stream's constants),
 query bias / key bias (the projections' constants). Gemma-2's soft-capped scores are explained
@@ -39,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--query", type=int, default=-1, help="the query position (default: the last)")
     p.add_argument("--key", type=int, help="the key position (default: the one the head attends to most)")
     p.add_argument("--top", type=int, default=10, help="pairs and pieces to show (default: %(default)s)")
+    p.add_argument(
+        "--no-expand",
+        action="store_true",
+        help="do not split the strongest earlier head on each side into what it read",
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.set_defaults(func=run)
 
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from clew.attribution import Graph
     from clew.attribution.trace import tokenize
     from clew.errors import ClewError
-    from clew.qk import qk_attribution
+    from clew.qk import expand_head, qk_attribution
     from clew.replacement import LocalReplacement
     from clew.resolve import load_model_and_dictionary
 
@@ -92,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
 
     query = position("query", args.query)
     if not 0 <= layer < local.n_layers or not 0 <= head < model.cfg.n_heads:
-        qk_attribution(local, layer, head, query, query)  # raises the one-line error naming what is out of range
+        qk_attribution(
+            local, layer, head, query, query
+        )  # raises the one-line error naming what is out of range
     pattern = local.cache.patterns[layer][0, head, query].float()
     if args.key is None:
         print(f"head L{layer}.H{head} at query {query} {strings[query]!r} attends to:")
@@ -108,4 +117,11 @@ def run(args: argparse.Namespace) -> int:
         f"query {query} {strings[query]!r} -> key {key} {strings[key]!r}: attention weight {float(pattern[key]):.3f}"
     )
     print(result.format(args.top))
+    for side in ("query", "key"):  # the strongest earlier head on each side: what did it read?
+        heads = [(name, v) for name, v in result.top_marginals(side, 10**6) if name.startswith("head ")]
+        if heads and not args.no_expand:
+            name, value = heads[0]
+            print(f"{name} ({side} side, {value:+.4f}) read, through its values:")
+            for piece, v in expand_head(local, result, name)[: args.top]:
+                print(f"  {v:+9.4f}  {piece}")
     return 0

@@ -22,13 +22,14 @@ score per unit of that piece's write, with the norms frozen.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from clew.errors import ClewError
-from clew.qk.terms import Terms, residual_terms
+from clew.qk.terms import Pieces, Terms
 from clew.replacement import LocalReplacement
 
 
@@ -50,6 +51,10 @@ class QKAttribution:
     """The key side's pieces, the key bias last."""
     pairs: Tensor
     """(n_query, n_key) each pair's contribution; they sum to ``score``."""
+    query_images: Tensor
+    """(n_query, E) each query-side piece's image: its part of this head's rotated query."""
+    key_images: Tensor
+    """(n_key, E) each key-side piece's image: its part of the head's rotated key."""
 
     @property
     def query_marginals(self) -> Tensor:
@@ -122,6 +127,31 @@ class _Side:
         return q[:, :, 0].float(), k[:, :, 0].float()
 
 
+@torch.no_grad()
+def expand_head(local: LocalReplacement, result: QKAttribution, label: str) -> list[tuple[str, float]]:
+    """A head piece of either side (``head L1.H0@10``) split over what that head read: every piece of the
+    residual streams it attended to (:func:`~clew.qk.terms.head_value_terms`), with its contribution to
+    the score through that side, largest first. They sum to the head piece's marginal."""
+    m = re.fullmatch(r"head L(\d+)\.H(\d+)@(\d+)", label)
+    side = (
+        "query" if label in result.query_terms.labels else "key" if label in result.key_terms.labels else None
+    )
+    if m is None or side is None:
+        raise ClewError(f"{label!r} is not a head piece of this score (e.g. 'head L1.H0@{result.key}')")
+    layer, head, pos = (int(g) for g in m.groups())
+    pieces = Pieces(local).head_value(layer, head, pos)
+    cfg = local.model.cfg
+    zero = torch.zeros(1, local.d_model)
+    q_img, k_img = _Side(local, result.layer)(torch.cat([pieces.stacked(), zero]), pos)
+    if side == "query":
+        images, other = q_img[:, result.head], result.key_images.sum(0)
+    else:
+        images, other = k_img[:, result.head // (cfg.n_heads // cfg.n_kv_heads)], result.query_images.sum(0)
+    values = cfg.scale * (images[:-1] - images[-1:]) @ other  # the side map's constant is not the head's
+    order = values.abs().argsort(descending=True).tolist()
+    return [(pieces.labels[i], float(values[i])) for i in order]
+
+
 def _check(local: LocalReplacement, layer: int, head: int, query: int, key: int) -> None:
     cfg = local.model.cfg
     if not 0 <= layer < local.n_layers:
@@ -162,7 +192,7 @@ def _with_bias(terms: Terms, images: Tensor, zero: Tensor, label: str) -> tuple[
 def qk_attribution(local: LocalReplacement, layer: int, head: int, query: int, key: int) -> QKAttribution:
     """Split head ``head`` of ``layer``'s score at (``query``, ``key``) over pairs of pieces (module docstring)."""
     _check(local, layer, head, query, key)
-    return _attribute(local, _Side(local, layer), layer, [head], query, [key])[0]
+    return _attribute(Pieces(local), _Side(local, layer), layer, [head], query, [key])[0]
 
 
 @torch.no_grad()
@@ -173,35 +203,39 @@ def qk_query(
     cfg = local.model.cfg
     layers = list(range(local.n_layers)) if layers is None else layers
     heads = list(range(cfg.n_heads)) if heads is None else heads
-    out = []
+    out, pieces = [], Pieces(local)
     for layer in layers:
         for h in heads:
             _check(local, layer, h, query, query)
         allowed = local.model.blocks[layer].attn.mask(local.n_pos, torch.device("cpu"))[query]
         keys = [k for k in range(query + 1) if bool(allowed[k])]
-        out += _attribute(local, _Side(local, layer), layer, heads, query, keys)
+        out += _attribute(pieces, _Side(local, layer), layer, heads, query, keys)
     return out
 
 
 def _attribute(
-    local: LocalReplacement, side: _Side, layer: int, heads: list[int], query: int, keys: list[int]
+    pieces: Pieces, side: _Side, layer: int, heads: list[int], query: int, keys: list[int]
 ) -> list[QKAttribution]:
+    local = pieces.local
     cfg = local.model.cfg
     group = cfg.n_heads // cfg.n_kv_heads
     zero = torch.zeros(1, local.d_model)
-    q_raw = residual_terms(local, layer, query)
+    q_raw = pieces.residual(layer, query)
     q_img, _ = side(torch.cat([q_raw.stacked(), zero]), query)  # (n + 1, H, E)
     q_terms, q_all = _with_bias(q_raw, q_img[:-1], q_img[-1:], "query bias")
     results = []
     for key in keys:
-        k_raw = q_raw if key == query else residual_terms(local, layer, key)
+        k_raw = q_raw if key == query else pieces.residual(layer, key)
         _, k_img = side(torch.cat([k_raw.stacked(), zero]), key)  # (m + 1, K, E)
         k_terms, k_all = _with_bias(k_raw, k_img[:-1], k_img[-1:], "key bias")
         for head in heads:
-            pairs = cfg.scale * q_all[:, head] @ k_all[:, head // group].T  # (n + 1, m + 1)
+            q_h, k_h = q_all[:, head], k_all[:, head // group]
+            pairs = cfg.scale * q_h @ k_h.T  # (n + 1, m + 1)
             score = float(cfg.scale * side.queries[head, query] @ side.keys[head // group, key])
             capped = None
             if cfg.attn_softcap is not None:
                 capped = cfg.attn_softcap * float(torch.tanh(torch.tensor(score / cfg.attn_softcap)))
-            results.append(QKAttribution(layer, head, query, key, score, capped, q_terms, k_terms, pairs))
+            results.append(
+                QKAttribution(layer, head, query, key, score, capped, q_terms, k_terms, pairs, q_h, k_h)
+            )
     return results
