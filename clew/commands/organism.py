@@ -39,6 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     b.add_argument("--no-dictionaries", action="store_true", help="skip the transcoders")
     b.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the model every N steps (and before training) in OUT/checkpoints/step-NNNNN/, for "
+        "`clew heads --checkpoints` (default: none)",
+    )
+    b.add_argument(
         "--dictionary-features", type=int, metavar="F", help="features per layer of each transcoder"
     )
     b.add_argument("--dictionary-steps", type=int, metavar="N", help="training steps of each transcoder")
@@ -89,6 +97,8 @@ def run_build(args: argparse.Namespace) -> int:
         raise ClewError(f"--minutes must be positive, got {args.minutes}")
     if args.steps is not None and args.minutes is not None:
         raise ClewError("give --steps or --minutes, not both")
+    if args.checkpoint_every < 0:
+        raise ClewError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     if args.ship and args.tiny:
         raise ClewError("--ship builds the real organism; it cannot be --tiny")
     out, report = Path(args.out), args.report
@@ -108,6 +118,7 @@ def run_build(args: argparse.Namespace) -> int:
         dictionary_steps=args.dictionary_steps,
         report_path=report,
         progress=not args.quiet,
+        checkpoint_every=args.checkpoint_every,
     )
     print(result.scores.markdown())
     print(f"\norganism written to {result.folder}")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clew.models import Transformer
 from clew.organism import corpus as corpus_mod
 from clew.organism import world
 from clew.organism.dictionaries import DictionarySpec, train_dictionaries
@@ -118,12 +119,14 @@ def build(
     dictionary_steps: int | None = None,
     report_path: str | Path | None = None,
     progress: bool = True,
+    checkpoint_every: int = 0,
 ) -> BuildResult:
     """Build an organism into ``out``.
 
     The model trains for ``steps`` steps (default: the preset's), or for about ``minutes`` minutes when
     those are given instead. ``dictionary_features`` and ``dictionary_steps`` override the preset's
-    transcoders (features per layer, optimiser steps)."""
+    transcoders (features per layer, optimiser steps). ``checkpoint_every`` keeps the model every that
+    many steps (and before training) as ``checkpoints/step-NNNNN/``, each a loadable model folder."""
     preset = TINY if tiny else FULL
     if steps is None and minutes is None:
         steps = TINY_STEPS if tiny else FULL_STEPS
@@ -146,7 +149,17 @@ def build(
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             info, scores = _build_into(
-                stage, work, preset, seed, minutes, steps, device, dictionaries, progress, times
+                stage,
+                work,
+                preset,
+                seed,
+                minutes,
+                steps,
+                device,
+                dictionaries,
+                progress,
+                times,
+                checkpoint_every,
             )
             times["total"] = round(time.perf_counter() - clock, 1)
             info["times_s"] = times
@@ -172,6 +185,7 @@ def _build_into(
     with_dictionaries: bool,
     progress: bool,
     times: dict[str, float],
+    checkpoint_every: int = 0,
 ) -> tuple[dict[str, Any], ExamScores]:
     tcfg = ModelTraining(**{**asdict(preset.train), "seed": seed})
     # ---- tokenizer, then a corpus of about as many tokens as training will read
@@ -198,8 +212,23 @@ def _build_into(
     config = hf_config(preset.shape, tok.get_vocab_size(), special_ids(tok))
     model = new_model(config, seed)
     seconds = None if steps else budget * 60
+
+    def checkpoint(step: int, trained: Transformer) -> None:
+        where = folder / "checkpoints" / f"step-{step:05d}"
+        save_model(trained, config, where, dtype=torch.float32)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(folder / name, where / name)
+
     log: TrainLog = train_model(
-        model, tokens, tcfg, steps=steps, seconds=seconds, device=device, progress=progress
+        model,
+        tokens,
+        tcfg,
+        steps=steps,
+        seconds=seconds,
+        device=device,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+        checkpoint=checkpoint,
     )
     save_model(model.cpu(), config, folder)
     times["model"] = round(time.perf_counter() - t, 1)

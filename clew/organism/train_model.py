@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,12 @@ def train_model(
     seconds: float | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    checkpoint_every: int = 0,
+    checkpoint: Callable[[int, Transformer], None] | None = None,
 ) -> TrainLog:
     """Train ``model`` in place on windows of the 1-D token stream ``tokens``, for ``steps`` steps or
-    as many as fit in ``seconds``."""
+    as many as fit in ``seconds``. With ``checkpoint_every``, ``checkpoint(step, model)`` is called
+    at step 0 (before training) and every that many steps (the model in eval mode meanwhile)."""
     if (steps is None) == (seconds is None):
         raise ValueError("give exactly one of steps and seconds")
     keep_freed_memory()
@@ -154,6 +158,14 @@ def train_model(
     started = time.perf_counter()
     timer_start, smooth, losses = started, None, []
     step = 0
+
+    def keep() -> None:
+        if checkpoint is not None and checkpoint_every > 0 and step % checkpoint_every == 0:
+            model.eval()
+            checkpoint(step, model)
+            model.train()
+
+    keep()
     while step < total:
         starts = torch.randint(0, len(tokens) - L - 1, (B,), generator=gen)
         batch = tokens[starts[:, None] + offsets].to(device=device, dtype=torch.long)
@@ -166,6 +178,7 @@ def train_model(
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
+        keep()
         bar.update(1)
         value = loss.item()
         smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
