@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from hf_tiny import WORDS, CharTokenizer, smollm2_config  # noqa: E402  (the tests' fixture module)
+from hf_tiny import TEXT_WORDS, CharTokenizer, smollm2_config  # noqa: E402  (the tests' fixture module)
 
 from clew.training import TrainConfig, Trainer
 from clew.training.data import activations
@@ -74,7 +74,7 @@ def random_smollm2(device: str):
 def write_text(path: Path, n_docs: int = 3000) -> Path:
     r = random.Random(0)
     path.write_text(
-        "\n\n".join(" ".join(r.choice(WORDS) for _ in range(r.randint(20, 200))) for _ in range(n_docs))
+        "\n\n".join(" ".join(r.choice(TEXT_WORDS) for _ in range(r.randint(20, 200))) for _ in range(n_docs))
     )
     return path
 

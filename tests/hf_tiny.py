@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-WORDS = (
+TEXT_WORDS = (
     "the a cat dog sat on mat and ran to house tree big small red blue green quick slow over under of".split()
 )
 """The words of the random texts that tests and benchmarks train on."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -417,3 +418,81 @@ def test_command_on_a_text(folders, tmp_path, capsys):
     assert "uniformly random" in capsys.readouterr().out
     assert main([*args, "--text", str(tmp_path / "missing.txt")]) != 0
     assert "cannot read --text" in capsys.readouterr().err
+
+
+# --- induction heads across training ------------------------------------------------------------------
+
+
+def test_checkpoints_are_scored_in_order_with_in_context_learning(tmp_path, capsys):
+    import torch.nn.functional as F
+    from hf_tiny import save_hf_model, save_tiny_tokenizer
+
+    from clew.cli import main
+    from clew.heads.motifs import text_sequences
+    from clew.heads.phases import EARLY, LATE, checkpoint_folders, context_losses, score_checkpoints
+    from clew.models.loading import load_folder
+
+    for step, seed in ((10, 1), (0, 0), (200, 2)):
+        folder = tmp_path / "run" / "checkpoints" / f"step-{step:05d}"
+        save_hf_model("llama", folder, seed=seed)
+        save_tiny_tokenizer(folder)
+    (tmp_path / "run" / "checkpoints" / "notes").mkdir()
+    assert [s for s, _ in checkpoint_folders(tmp_path / "run")] == [0, 10, 200]
+    g = torch.Generator().manual_seed(0)
+    text = " ".join(f"w{int(i)}" for i in torch.randint(0, 30, (1200,), generator=g))  # recurring tokens
+    rows = score_checkpoints(tmp_path / "run", text, n_seqs=3, length=255, progress=False)
+    assert [r.step for r in rows] == [0, 10, 200]
+    # the in-context-learning score by its definition, on the last checkpoint
+    model = load_folder(tmp_path / "run" / "checkpoints" / "step-00200")
+    seqs = text_sequences(model, text, 3, 255)
+    with torch.no_grad():
+        logits = model(seqs.tokens)
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), seqs.tokens[:, 1:], reduction="none")
+    window = loss[:, seqs.offset :]  # column i predicts window position i + 1
+    early = window[:, EARLY[0] - 1 : EARLY[1] - 1].mean()
+    late = window[:, LATE[0] - 1 : LATE[1] - 1].mean()
+    assert abs(rows[-1].icl - float(late - early)) < 1e-5 and abs(rows[-1].loss - float(window.mean())) < 1e-5
+    assert context_losses(model, seqs) == (rows[-1].loss, rows[-1].icl)
+    assert all(0 <= v <= 1 for r in rows for line in r.induction for v in line)
+    # the command: a table, a figure and the numbers
+    code = main(
+        [
+            "heads",
+            "--checkpoints",
+            str(tmp_path / "run"),
+            "--text",
+            str(_write(tmp_path, text)),
+            "--out",
+            str(tmp_path / "out"),
+            "--sequences",
+            "3",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "largest jumps" in out and out.count("\n") >= 5
+    assert (tmp_path / "out" / "phases.svg").read_text().startswith("<svg")
+    assert len(json.loads((tmp_path / "out" / "phases.json").read_text())) == 3
+    assert (
+        main(["heads", "--checkpoints", str(tmp_path / "empty"), "--text", str(_write(tmp_path, text))]) == 2
+    )
+    assert main(["heads", "--checkpoints", str(tmp_path / "run")]) == 2  # no --text
+    assert (
+        main(
+            [
+                "heads",
+                "--checkpoints",
+                str(tmp_path / "run"),
+                "--text",
+                str(_write(tmp_path, text)),
+                "--length",
+                "100",
+            ]
+        )
+        == 2
+    )
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "text.txt"
+    path.write_text(text)
+    return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_tiny import WORDS, CharTokenizer, save_hf_model
+from hf_tiny import TEXT_WORDS, CharTokenizer, save_hf_model
 from tiny_dictionaries import random_transcoder
 
 from clew.cli import main
@@ -40,7 +40,7 @@ def save_char_tokenizer(folder: Path) -> None:
 
 def write_text(path: Path, n_docs: int = 120, seed: int = 0) -> Path:
     r = random.Random(seed)
-    docs = [" ".join(r.choice(WORDS) for _ in range(r.randint(4, 40))) for _ in range(n_docs)]
+    docs = [" ".join(r.choice(TEXT_WORDS) for _ in range(r.randint(4, 40))) for _ in range(n_docs)]
     path.write_text("\n\n".join(docs) + "\n")
     return path
 

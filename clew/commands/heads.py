@@ -20,6 +20,8 @@ examples:
   clew heads --model smollm2-135m --length 40 --ablate-top 4 --out heads-smollm2
   clew heads --model ./my-model --ablate 5.1 --ablate 6.9
   clew heads --model organism --graph graphs/dallas.safetensors --edge 12 "logit ' Austin'"
+  clew organism build --out run --steps 1200 --checkpoint-every 50 --no-dictionaries
+  clew heads --checkpoints run --text stories.txt      # induction heads forming during training
 
 writes OUT/<score>.svg, one layer x head heat map per score.
 
@@ -39,9 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model", "-m", required=True, help="a local folder, a .gguf file, a hub id or a built-in name"
-    )
+    p.add_argument("--model", "-m", help="a local folder, a .gguf file, a hub id or a built-in name")
     p.add_argument("--sequences", type=int, default=8, help="random sequences (default: %(default)s)")
     p.add_argument(
         "--length", type=int, help="random tokens per repeat (default: 50, or what fits the context)"
@@ -70,6 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="zero the N top induction heads, and N random other heads as a control (default: %(default)s)",
     )
     p.add_argument("--ablate", action="append", metavar="L.H", help="zero this head instead (repeatable)")
+    p.add_argument(
+        "--checkpoints",
+        metavar="DIR",
+        help="score a series of saved models instead (DIR/step-NNNNN/, as `clew organism build "
+        "--checkpoint-every N` keeps them) on --text: induction and previous-token scores and in-context "
+        "learning against the training step, drawn as OUT/phases.svg",
+    )
     p.add_argument("--graph", help="a graph file from clew trace, to split one of its edges across heads")
     p.add_argument("--edge", nargs=2, metavar=("SOURCE", "TARGET"), help="the edge to split (with --graph)")
     p.add_argument(
@@ -103,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     from clew.heads import SCORES, ablation_effect, parse_head, score_heads, write_heatmaps
     from clew.heads.motifs import TextSequences
 
+    if args.checkpoints:
+        return run_phases(args)
+    if not args.model:
+        raise ClewError("--model is needed (or --checkpoints DIR)")
     if args.graph or args.edge:
         return run_split(args)
     if args.top < 1:
@@ -166,6 +177,43 @@ def run(args: argparse.Namespace) -> int:
                 f"loss {control.ablated.loss:.3f}"
             )
     print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def run_phases(args: argparse.Namespace) -> int:
+    import json
+
+    from clew.errors import ClewError
+    from clew.heads.phases import EARLY, LATE, jumps, phase_figure, score_checkpoints
+
+    if not args.text:
+        raise ClewError("--checkpoints needs --text FILE (e.g. from `clew organism text --kind induction`)")
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ClewError(f"cannot read --text {args.text}: {err}") from None
+    rows = score_checkpoints(args.checkpoints, text, args.sequences, args.length or 255)
+    print(
+        f"{len(rows)} checkpoints; in-context learning = loss on positions {LATE[0]}-{LATE[1]} minus {EARLY[0]}-{EARLY[1]}"
+    )
+    print(f"{'step':>6} {'loss':>7} {'icl':>8}  {'top induction head':<20} {'top previous-token head':<20}")
+    for r in rows:
+        (il, ih, iv), (pl, ph, pv) = r.top("induction"), r.top("previous_token")
+        print(
+            f"{r.step:>6} {r.loss:>7.3f} {r.icl:>+8.3f}  {f'{il}.{ih} {iv:.3f}':<20} {f'{pl}.{ph} {pv:.3f}':<20}"
+        )
+    big = jumps(rows)
+    print(
+        f"largest jumps between checkpoints: induction score at step {big['induction']}, previous-token score "
+        f"at step {big['previous_token']}, in-context learning at step {big['icl']}"
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = phase_figure(
+        rows, out / "phases.svg", f"induction heads across training ({Path(args.checkpoints).name})"
+    )
+    (out / "phases.json").write_text(json.dumps([r.to_dict() for r in rows]) + "\n")
+    print(f"wrote {figure}, {out / 'phases.json'}")
     return 0
 
 

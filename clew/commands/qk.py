@@ -50,21 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_head(text: str) -> tuple[int, int]:
-    from clew.errors import ClewError
-
-    parts = text.split(".")
-    if len(parts) != 2 or not all(x.strip().lstrip("-").isdigit() for x in parts):
-        raise ClewError(f"--head {text!r}: write the head as LAYER.HEAD, e.g. 2.4")
-    return int(parts[0]), int(parts[1])
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from clew.attribution import Graph
     from clew.attribution.trace import tokenize
     from clew.errors import ClewError
+    from clew.heads import parse_head
     from clew.qk import expand_head, qk_attribution
     from clew.replacement import LocalReplacement
     from clew.resolve import load_model_and_dictionary
