@@ -39,6 +39,7 @@ LEVELS = {
     "toys": 5,
     # what is built from those: the organism (trained, traced and examined)
     "qk": 6,
+    "intervene": 6,
     "organism": 6,
     # the user's entry points
     "resolve": 8,

@@ -1,8 +1,8 @@
 """Checking a graph against the model it came from, independently of the engine's backward pass.
 
-The frozen replacement model is run *forward* through the ordinary ``Transformer.run_layers``, with
-patterns and scales frozen, feature activations and error vectors held at their clean values, and
-one source perturbed per batch row: adding a source's vector at its write point must move every
+The frozen replacement model is run *forward* (:func:`clew.replacement.frozen.frozen_forward`, through
+the ordinary ``Transformer.run_layers``), with patterns and scales frozen, feature activations and
+error vectors held at their clean values, and one source perturbed per batch row: adding a source's vector at its write point must move every
 target by exactly that source's edge weight (the map is linear, so the step size is 1). A second
 check: each target's value equals the sum of its incoming edges plus the contribution of the biases,
 which is the target's value with every source set to zero.
@@ -19,34 +19,7 @@ from clew.attribution.engine import Engine
 from clew.attribution.graph import Graph
 from clew.dictionaries import Transcoder
 from clew.models import Transformer
-from clew.models.points import read_input
-
-
-class _FrozenReplacement:
-    """MLPs replaced by the clean reconstruction + error (constants) + the live skip path, plus a
-    per-row perturbation ``extra[layer]`` (B, P, D); records each layer's feature pre-activations."""
-
-    def __init__(self, engine: Engine, extra: dict[int, Tensor], scale_sources: float):
-        self.engine, self.extra, self.scale = engine, extra, scale_sources
-        self.write = engine.tc.cfg.write
-        self.pre: dict[int, Tensor] = {}
-        self.constant = {
-            layer: scale_sources
-            * (engine.tc.decode(engine.acts, layer) - engine.tc.decoder_bias(layer) + engine.errors[layer])
-            + engine.tc.decoder_bias(layer)
-            for layer in range(engine.n_layers)
-        }
-
-    def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
-        read = read_input(self.engine.tc.cfg.read, resid_mid, mlp_in)
-        self.pre[layer] = self.engine.tc.pre_activations(layer, read)
-        out = self.constant[layer].expand_as(resid_mid)
-        skip = self.engine.tc.skip_term(layer, read)
-        if skip is not None:
-            out = out + skip
-        if layer in self.extra:
-            out = out + self.extra[layer]
-        return out
+from clew.replacement.frozen import frozen_forward
 
 
 def frozen_target_values(
@@ -63,23 +36,18 @@ def frozen_target_values(
     ``directions`` (T, D) are read at the final norm's output at the last position. ``scale_sources``
     scales every source (embeddings, features' writes, errors): 0 leaves only the biases.
     """
-    model, cache = engine.model, engine.cache
-    B = 1 if embed_extra is None else len(embed_extra)
-    resid = scale_sources * engine.embeddings[None].expand(B, -1, -1)
-    if embed_extra is not None:
-        resid = resid + embed_extra
-    replacement = _FrozenReplacement(engine, write_extra or {}, scale_sources)
-    with torch.no_grad():
-        final = model.run_layers(resid, 0, engine.n_layers, frozen=cache.frozen(), mlp=replacement)
-        normed = model.ln_final(final, cache.scales["final"])[:, -1]  # (B, D)
-    values = [normed @ directions.T]
+    run = frozen_forward(
+        engine, embed_extra=embed_extra, write_extra=write_extra, scale_sources=scale_sources
+    )
+    values = run.normed[:, -1] @ directions.T  # (B, T)
     layer, pos, index = engine.feat_layer[features], engine.feat_pos[features], engine.feat_index[features]
+    B = len(values)
     feature_values = (
-        torch.stack([replacement.pre[int(l)][:, int(p), int(i)] for l, p, i in zip(layer, pos, index)], 1)
+        torch.stack([run.pre_activations[int(l)][:, int(p), int(i)] for l, p, i in zip(layer, pos, index)], 1)
         if len(features)
         else torch.zeros(B, 0, device=engine.device)
     )
-    return torch.cat([feature_values, values[0]], 1)
+    return torch.cat([feature_values, values], 1)
 
 
 @dataclass

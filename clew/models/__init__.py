@@ -2,13 +2,21 @@
 
 from clew.models.config import ModelConfig
 from clew.models.loading import load_model
-from clew.models.transformer import ActivationCache, Frozen, MLPReplacement, RunResult, Transformer
+from clew.models.transformer import (
+    ActivationCache,
+    Frozen,
+    MLPReplacement,
+    ResidualEdit,
+    RunResult,
+    Transformer,
+)
 
 __all__ = [
     "ActivationCache",
     "Frozen",
     "MLPReplacement",
     "ModelConfig",
+    "ResidualEdit",
     "RunResult",
     "Transformer",
     "load_model",

@@ -11,6 +11,7 @@ The MLP of every layer can be replaced by a caller's function (the transcoders p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -232,12 +233,25 @@ class Block(nn.Module):
         self.mlp_post = Norm(D, cfg) if cfg.post_mlp_norm else None
 
 
-class _Pass:
-    """The state of one forward pass: where to record, what to replay, what replaces the MLPs."""
+ResidualEdit = Callable[[int, Tensor], Tensor]
+"""``(layer, resid) -> resid``: called on the residual stream (B, P, D) entering each block (and, with
+``layer = n_layers``, the one entering the final norm); what it returns flows on. Steering vectors
+and interventions on the residual stream plug in here."""
 
-    def __init__(self, record: bool, frozen: Frozen | None, mlp: MLPReplacement | None):
+
+class _Pass:
+    """The state of one forward pass: where to record, what to replay, what replaces the MLPs, what
+    edits the residual stream."""
+
+    def __init__(
+        self,
+        record: bool,
+        frozen: Frozen | None,
+        mlp: MLPReplacement | None,
+        edit: ResidualEdit | None = None,
+    ):
         self.cache = ActivationCache() if record else None
-        self.frozen, self.mlp = frozen, mlp
+        self.frozen, self.mlp, self.edit = frozen, mlp, edit
 
     def norm(self, name: str, module: Norm, x: Tensor) -> Tensor:
         scale = self.frozen.scales[name] if self.frozen is not None else module.scale(x)
@@ -276,9 +290,11 @@ class Transformer(nn.Module):
         record: bool = False,
         frozen: Frozen | None = None,
         mlp: MLPReplacement | None = None,
+        edit: ResidualEdit | None = None,
     ) -> RunResult:
-        """The full forward pass; ``record`` keeps an :class:`ActivationCache`, ``frozen`` replays one."""
-        state = _Pass(record, frozen, mlp)
+        """The full forward pass; ``record`` keeps an :class:`ActivationCache`, ``frozen`` replays one,
+        ``mlp`` replaces the MLPs, ``edit`` changes the residual stream entering each block."""
+        state = _Pass(record, frozen, mlp, edit)
         resid = self.embed_tokens(tokens)  # (B, P, D)
         resid = self.run_layers(resid, 0, self.cfg.n_layers, state=state)
         logits = self.unembed_resid(resid, state)
@@ -324,12 +340,17 @@ class Transformer(nn.Module):
         state: _Pass | None = None,
         frozen: Frozen | None = None,
         mlp: MLPReplacement | None = None,
+        edit: ResidualEdit | None = None,
     ) -> Tensor:
         """Run blocks ``start .. stop-1`` on the residual stream (B, P, D) entering ``start``."""
-        state = state or _Pass(False, frozen, mlp)
+        state = state or _Pass(False, frozen, mlp, edit)
         P = resid.shape[1]
         for layer in range(start, stop):
+            if state.edit is not None:
+                resid = state.edit(layer, resid)
             resid = self._block(layer, resid, state, self.rope(layer, P, resid))
+        if state.edit is not None and stop == self.cfg.n_layers:
+            resid = state.edit(stop, resid)
         return resid
 
     def _block(self, layer: int, resid: Tensor, st: _Pass, rope: tuple[Tensor, Tensor] | None) -> Tensor:

@@ -5,11 +5,14 @@
 - :class:`LocalReplacement`: the replacement model of one prompt, frozen at its clean run (attention
   patterns, normalisation scales, feature activations, error vectors), so that everything between
   nodes is linear; its nodes (:class:`NodeLayout`) and targets (:class:`Targets`).
+- :func:`frozen_forward`: the frozen local replacement model run forwards, with additions at write
+  points or in the residual stream (direct effects measured: verification, constrained interventions).
 - :class:`Backward`: the transposes of the frozen model's linear pieces (norms, attention, skip path,
   hook points, the contraction into adjacency rows), which attribution and its kin are built from.
 """
 
 from clew.replacement.backward import Backward, LayerWeights, WriteSources, norm_transpose
+from clew.replacement.frozen import FrozenRun, frozen_forward
 from clew.replacement.layout import NODE_KINDS, NodeLayout
 from clew.replacement.local import LocalReplacement, Targets
 from clew.replacement.model import CleanRun, InterventionResult, ReplacementModel
@@ -18,6 +21,7 @@ __all__ = [
     "NODE_KINDS",
     "Backward",
     "CleanRun",
+    "FrozenRun",
     "InterventionResult",
     "LayerWeights",
     "LocalReplacement",
@@ -25,5 +29,6 @@ __all__ = [
     "ReplacementModel",
     "Targets",
     "WriteSources",
+    "frozen_forward",
     "norm_transpose",
 ]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from clew.dictionaries.transcoder import Transcoder
 from clew.errors import ClewError
-from clew.models import Frozen, Transformer
+from clew.models import Frozen, ResidualEdit, Transformer
 from clew.models.points import read_input
 
 TrueMLP = Callable[[int, Tensor, Tensor], Tensor]
@@ -45,6 +45,10 @@ class InterventionResult:
     features: dict[int, Tensor]  # [B, P, F] the activations during the intervened run (overrides included)
 
 
+ActivationEdit = Callable[[int, Tensor], Tensor]
+"""``(layer, acts) -> acts``: changes a layer's feature activations ``[B, P, F]`` during a run (it may
+edit in place); downstream layers then see the change."""
+
 Intervention = tuple[int, int, int, float]
 """``(layer, position, feature, new_value)``; the position may be negative (from the end)."""
 
@@ -60,6 +64,7 @@ class _Splice:
         frozen_outputs: dict[int, Tensor],
         overrides: dict[int, list[tuple[int, int, float]]] | None = None,
         true_mlp: TrueMLP | None = None,
+        edit_acts: ActivationEdit | None = None,
     ):
         self.tc = tc
         self.write = tc.cfg.write
@@ -67,6 +72,7 @@ class _Splice:
         self.frozen_outputs = frozen_outputs
         self.overrides = overrides or {}
         self.true_mlp = true_mlp
+        self.edit_acts = edit_acts
         self.acts: dict[int, Tensor] = {}  # this run's activations, kept for later layers of a CLT
         self.clean_acts: dict[int, Tensor] = {}  # the same without overrides (live-error mode only)
 
@@ -84,6 +90,8 @@ class _Splice:
             acts = acts.clone()
             for pos, feature, value in self.overrides[layer]:
                 acts[:, pos, feature] = value
+        if self.edit_acts is not None:
+            acts = self.edit_acts(layer, acts.clone())  # the clean activations stay as they were
         self.acts[layer] = acts
         if self.true_mlp is not None:  # the real MLP plus what the overrides change in the reconstruction
             delta = tc.decode(self.acts, layer) - tc.decode(self.clean_acts, layer)
@@ -186,17 +194,21 @@ class ReplacementModel:
     def intervene(
         self,
         tokens: Tensor,
-        interventions: Sequence[Intervention],
+        interventions: Sequence[Intervention] = (),
         *,
         freeze_errors: bool = True,
         frozen: Frozen | None = None,
+        edit_acts: ActivationEdit | None = None,
+        edit: ResidualEdit | None = None,
     ) -> InterventionResult:
         """Run with some feature activations set to new values (in every sequence of the batch).
 
         ``freeze_errors=True``: the replacement model with each error term fixed at its clean-run value;
         downstream features respond through their encoders. ``False``: the real model (its own MLPs,
         so the errors move with the inputs) plus, at each layer, the change the overrides make to the
-        transcoder's reconstruction there. ``frozen`` is passed on to ``model.run``.
+        transcoder's reconstruction there. ``edit_acts`` changes any layer's activations after the
+        ``interventions``; ``edit`` changes the residual stream entering each block (steering).
+        ``frozen`` is passed on to ``model.run``.
         """
         clean = self.clean_run(tokens)
         overrides = self._overrides(interventions, tokens.shape[-1])
@@ -214,8 +226,11 @@ class ReplacementModel:
             frozen_outputs=clean.outputs,
             overrides=overrides,
             true_mlp=true_mlp,
+            edit_acts=edit_acts,
         )
         kwargs = {"frozen": frozen} if frozen is not None else {}
+        if edit is not None:
+            kwargs["edit"] = edit
         logits = self.model.run(tokens, mlp=splice, **kwargs).logits
         return InterventionResult(logits=logits, features=splice.acts)
 
