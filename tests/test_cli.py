@@ -124,3 +124,45 @@ def test_qk_explains_a_score_and_refuses_bad_addresses(setup, capsys):
     ):
         code, _, err = run(capsys, *base, *args)
         assert code == 2 and phrase in err and err.count("\n") == 1, (args, err)
+
+
+def test_intervene_and_check_commands(setup, capsys):
+    base = ["-m", str(setup / "model"), "-d", str(setup / "tc")]
+    code, stdout, _ = run(
+        capsys, "intervene", "w1 w2 w3 w4", *base, "--scale", "L0/F1@-1=0", "--generate", "3"
+    )
+    assert code == 0 and "before:" in stdout and "after (free (errors frozen))" in stdout
+    assert "continued:" in stdout and "with the interventions:" in stdout
+    code, stdout, _ = run(
+        capsys, "intervene", "w1 w2 w3 w4", *base, "--zero", "error L1@2", "--mode", "constrained"
+    )
+    assert code == 0 and "after (constrained)" in stdout
+    vector = setup / "v.txt"
+    vector.write_text(" ".join(["0.5"] * 64))
+    code, stdout, _ = run(capsys, "intervene", "w1 w2 w3 w4", *base, "--steer", f"L1@2+:{vector}")
+    assert code == 0 and "steer L1@2+" in stdout
+    for args, phrase in (
+        (["--zero", "L0/F@1"], "cannot read node"),
+        (["--set", "L0/F1@1"], "NODE=VALUE"),
+        (["--zero", "L0/F999@1"], "out of range"),
+        (["--zero", "L0/F1@40"], "outside the 5 tokens"),
+        (["--zero", "error L0@1"], "constrained mode only"),
+        (["--steer", f"L1@2:{setup / 'missing.npy'}"], "no such vector file"),
+        (["--swap", "w2"], "--answers"),
+    ):
+        code, _, err = run(capsys, "intervene", "w1 w2 w3 w4", *base, *args)
+        assert code == 2 and phrase in err and err.count("\n") == 1, (args, err)
+    (setup / "short.txt").write_text("1 2 3")
+    code, _, err = run(capsys, "intervene", "w1 w2 w3 w4", *base, "--steer", f"L1@2:{setup / 'short.txt'}")
+    assert code == 2 and "has 3 numbers" in err
+    # check: a traced graph, default groups and a named one
+    out = setup / "checked"
+    assert run(capsys, "trace", "w1 w2 w3 w1 w2", *base, "-o", str(out), "--quiet")[0] == 0
+    graph_file = str(out / "w1-w2-w3-w1-w2.safetensors")
+    code, stdout, _ = run(capsys, "check", graph_file, *base)
+    assert code == 0 and "agreement" in stdout and "top 20 by influence" in stdout
+    first = Graph.load(graph_file).describe(0)
+    code, stdout, _ = run(capsys, "check", graph_file, *base, "--group", "mine", first)
+    assert code == 0 and "| mine |" in stdout
+    code, _, err = run(capsys, "check", graph_file, *base, "--group", "mine", "L0/F9999@1")
+    assert code == 2 and "not a feature node of the graph" in err

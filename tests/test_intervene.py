@@ -185,3 +185,45 @@ def test_syntax_and_bad_input_are_one_line_errors(models):
         with pytest.raises(ClewError) as err:
             make()
         assert phrase in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_align_matches_a_template_across_spans_of_different_length():
+    from clew.intervene.swap import align
+
+    pairs, span_a, span_b = align([0, 1, 2, 9, 5, 6], [0, 1, 2, 7, 8, 5, 6])
+    assert span_a == [3] and span_b == [3, 4]
+    assert pairs == {0: 0, 1: 1, 2: 2, 3: 4, 4: 5, 5: 6}
+
+
+def test_the_organism_swaps_texas_for_california():
+    """The features that carry ' Austin' are found from the graphs of the Dallas and Los Angeles prompts:
+    zeroing them removes ' Austin', swapping in California's gives ' Sacramento', and as many matched
+    random features do neither; the swap also turns the generated continuation, and so does steering
+    with the difference of the two prompts' residual streams at the city."""
+    from clew.assets import ORGANISM
+    from clew.attribution.trace import tokenize
+    from clew.intervene.swap import _put, _zero, carriers, specific_effect, swap_experiment
+    from clew.resolve import load_model_and_dictionary
+
+    model, tc = load_model_and_dictionary(ORGANISM.name, None)
+    dallas = "The capital of the state containing Dallas is"
+    la = "The capital of the state containing Los Angeles is"
+    report = swap_experiment(model, tc, dallas, la, " Austin", " Sacramento", k=20, draws=3)
+    e = specific_effect(report)
+    assert e["clean_p_a"] > 0.9 and e["ablated_p_a"] < 0.1 and e["control_ablated_p_a_min"] > 0.8
+    assert e["swapped_p_b"] > 0.8 and e["control_swapped_p_b_max"] < 0.05
+    assert report.rows[2].top == " Sacramento"
+    # generation with the swap applied at every step
+    a, b, pairs = carriers(model, tc, dallas, la, " Austin", " Sacramento")
+    edits = _zero(a.top(20)) + _put(b.top(20), {pb: pa for pa, pb in pairs.items()})
+    tokens = tokenize(model, dallas)[0]
+    plain = model.tokenizer.decode(generate(model, tc, tokens, Interventions(), 3).tolist())
+    swapped = model.tokenizer.decode(generate(model, tc, tokens, Interventions(edits), 3).tolist())
+    assert plain.startswith(" Austin") and swapped.startswith(" Sacramento"), (plain, swapped)
+    # steering: the residual difference at the city's last token, entering layer 2
+    la_tokens = tokenize(model, la)[0]
+    with torch.no_grad():
+        ra = model.run(tokens[None], record=True).cache.resid_pre[2][0, 7]
+        rb = model.run(la_tokens[None], record=True).cache.resid_pre[2][0, 8]
+    steered = generate(model, tc, tokens, Interventions(steers=[Steer(2, (7,), rb - ra)]), 3)
+    assert model.tokenizer.decode(steered.tolist()).startswith(" Sacramento")
