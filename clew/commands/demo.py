@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 DALLAS = "The capital of the state containing Dallas is"
+CONTRAST = "The capital of the state containing Los Angeles is"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for path in strongest_paths(graph, pruned, k=3):
             print("  path:", describe_path(graph, path, labels))
+    experiment(model, tc)
     print(f"\nwrote the graphs, viewer JSON and pictures to {out}/")
     if args.open:
         import webbrowser
@@ -76,3 +78,26 @@ def run(args: argparse.Namespace) -> int:
         for picture in pictures:
             webbrowser.open(picture.resolve().as_uri())
     return 0
+
+
+def experiment(model, tc, k: int = 20) -> None:
+    """Test the Dallas graph's claim: find what carries Texas, take it out, put California's in."""
+    from clew.attribution.labels import promoted_token_labels
+    from clew.intervene.swap import carriers, swap_experiment
+
+    texas, california, _ = carriers(model, tc, DALLAS, CONTRAST, " Austin", " Sacramento")
+    graph = texas.graph
+    node = {tuple(f): n for n, f in enumerate(graph.features.tolist())}
+    labels = promoted_token_labels(model, tc, graph)
+    print(f"\n[experiment] what carries Texas in {DALLAS!r}: the features at the city that its graph routes")
+    print(
+        f"  to ' Austin' and that {CONTRAST!r} lacks ({len(texas.features)} found; the {k} most influential):"
+    )
+    for layer, pos, index, act, influence in texas.top(8):
+        label = labels.get(node[(layer, pos, index)], "")
+        print(f"  L{layer}/F{index}@{pos}  activation {act:.3f}  influence {influence:.4f}  [{label}]")
+    print(
+        f"  ... and {max(0, min(k, len(texas.features)) - 8)} more; California's {k} are found the same way"
+    )
+    report = swap_experiment(model, tc, DALLAS, CONTRAST, " Austin", " Sacramento", k=k, draws=3)
+    print("\n".join("  " + line for line in report.markdown().splitlines()[2:]))

@@ -9,10 +9,13 @@ final norm's output: the token's logit minus the mean logit) is predicted to mov
   of the graph moves by the change of its pre-activation (the features are in their linear regime,
   slope 1), and passes it on along its edges, down to the logits. A linear model of the free run.
 
-and measured by zeroing S in the constrained mode and in the free mode with the errors frozen and
-with them live. The agreement figure is the correlation, over every (group, target), between the
-``through graph`` prediction and the free measurement with frozen errors; the free model is not
-linear (features switch on and off, attention moves), so the two part where that matters.
+and measured by zeroing S in the constrained mode; in the free mode with attention patterns and
+normalisation scales still frozen (features re-encoded, errors frozen: the only nonlinearity left is
+the features' own, switching on and off); and in the free mode proper, with the errors frozen and
+with them live. The agreement figures are the correlations, over every (group, target), of the
+``through graph`` prediction with the measurement with frozen patterns and norms and with the free
+one (errors frozen). Where they part, the table shows which nonlinearity did it: the features'
+(through graph against norms frozen), or the attention patterns' and norms' (norms frozen against free).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import Tensor
 from clew.attribution import Graph
 from clew.dictionaries import Transcoder
 from clew.errors import ClewError
-from clew.intervene.run import intervene
+from clew.intervene.run import intervene, run_free
 from clew.intervene.spec import Edit, Interventions, Node
 from clew.models import Transformer
 from clew.replacement import LocalReplacement
@@ -38,6 +41,7 @@ class CheckRow:
     direct: float
     through_graph: float
     constrained: float
+    frozen_norms: float
     free_frozen: float
     free_live: float
 
@@ -52,28 +56,38 @@ class CheckReport:
         scale = max((abs(r.direct) for r in self.rows), default=0.0) or 1.0
         return max((abs(r.direct - r.constrained) for r in self.rows), default=0.0) / scale
 
-    @property
-    def agreement(self) -> float:
-        """Correlation between the ``through graph`` prediction and the free measurement (errors frozen)."""
+    def _correlation(self, column: str) -> float:
         if len(self.rows) < 2:
             return float("nan")
         x = torch.tensor([r.through_graph for r in self.rows])
-        y = torch.tensor([r.free_frozen for r in self.rows])
+        y = torch.tensor([getattr(r, column) for r in self.rows])
         return float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+
+    @property
+    def agreement(self) -> float:
+        """Correlation between the ``through graph`` prediction and the free measurement (errors frozen)."""
+        return self._correlation("free_frozen")
+
+    @property
+    def agreement_frozen_norms(self) -> float:
+        """Correlation between ``through graph`` and the measurement with patterns and norms frozen."""
+        return self._correlation("frozen_norms")
 
     def markdown(self) -> str:
         lines = [
-            "| group | target | direct (graph) | through graph | constrained | free, errors frozen | free, errors live |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| group | target | direct (graph) | through graph | constrained | patterns and norms frozen "
+            "| free, errors frozen | free, errors live |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [
             f"| {r.group} | {r.target} | {r.direct:+.3f} | {r.through_graph:+.3f} | {r.constrained:+.3f} | "
-            f"{r.free_frozen:+.3f} | {r.free_live:+.3f} |"
+            f"{r.frozen_norms:+.3f} | {r.free_frozen:+.3f} | {r.free_live:+.3f} |"
             for r in self.rows
         ]
         lines.append(
-            f"\nagreement (correlation of 'through graph' with 'free, errors frozen' over {len(self.rows)} rows): "
-            f"{self.agreement:.3f}; largest |direct - constrained| relative to the largest direct change: {self.exact:.1e}"
+            f"\nagreement over {len(self.rows)} rows (correlation of 'through graph' with): patterns and norms "
+            f"frozen {self.agreement_frozen_norms:.3f}, free {self.agreement:.3f}; largest |direct - constrained| "
+            f"relative to the largest direct change: {self.exact:.1e}"
         )
         return "\n".join(lines)
 
@@ -107,7 +121,6 @@ def check_claims(
     tokens = graph.tokens.to(model.embed.weight.device)
     local = LocalReplacement(model, tc, tokens)
     directions = graph.logit_vectors.float()
-    unembed = model.unembed.weight.float()
     report = CheckReport()
     for name, nodes in groups.items():
         for n in nodes:
@@ -134,15 +147,16 @@ def check_claims(
         constrained = intervene(model, tc, tokens, edits, mode="constrained", local=local)
         measured_c = (constrained.normed - constrained.clean_normed) @ directions.T
         measured = {}
-        for errors in ("frozen", "live"):
-            out = intervene(model, tc, tokens, edits, errors=errors)
+        for errors in ("frozen", "live", "norms"):
+            if errors == "norms":  # features re-encoded, patterns and norm scales replayed from the clean run
+                result = run_free(model, tc, tokens[None], edits, frozen=local.cache.frozen())
+                change = result.logits[0, -1].float() - local.logits[-1].float()
+            else:
+                out = intervene(model, tc, tokens, edits, errors=errors)
+                change = out.logits.float() - out.clean_logits.float()
             # the change of each target direction: (W_U row - mean W_U) . final normed = logit - mean logit
-            change = out.logits.float() - out.clean_logits.float()
             measured[errors] = torch.stack(
-                [
-                    _direction_change(change, unembed, d, t)
-                    for d, t in zip(directions, graph.logit_tokens.tolist())
-                ]
+                [_direction_change(change, t) for t in graph.logit_tokens.tolist()]
             )
         for j, label in enumerate(graph.logit_labels):
             report.rows.append(
@@ -152,6 +166,7 @@ def check_claims(
                     float(direct[j]),
                     float(predicted[j]),
                     float(measured_c[j]),
+                    float(measured["norms"][j]),
                     float(measured["frozen"][j]),
                     float(measured["live"][j]),
                 )
@@ -159,7 +174,7 @@ def check_claims(
     return report
 
 
-def _direction_change(change: Tensor, unembed: Tensor, direction: Tensor, token: int) -> Tensor:
+def _direction_change(change: Tensor, token: int) -> Tensor:
     """The change of a target read at the final norm's output, from the change of the logits: for a
     token's direction it is the token's logit minus the mean logit (soft-capping aside)."""
     if token >= 0:

@@ -25,7 +25,7 @@ from torch import Tensor
 from clew.dictionaries import Transcoder
 from clew.errors import ClewError
 from clew.intervene.spec import Interventions, Node
-from clew.models import Transformer
+from clew.models import Frozen, Transformer
 from clew.replacement import LocalReplacement, ReplacementModel, frozen_forward
 
 MODES = ("constrained", "free")
@@ -199,9 +199,15 @@ def _free(
 
 
 def run_free(
-    model: Transformer, tc: Transcoder, tokens: Tensor, interventions: Interventions, errors: str = "frozen"
+    model: Transformer,
+    tc: Transcoder,
+    tokens: Tensor,
+    interventions: Interventions,
+    errors: str = "frozen",
+    frozen: Frozen | None = None,
 ):
-    """The free run of ``tokens`` (B, P) with ``interventions``: a :class:`~clew.replacement.InterventionResult`."""
+    """The free run of ``tokens`` (B, P) with ``interventions``: a :class:`~clew.replacement.InterventionResult`.
+    ``frozen`` replays attention patterns and norm scales (of a clean run of the same tokens)."""
     feature_edits = [e for e in interventions.edits if e.node.kind == "feature"]
     embedding_edits = [e for e in interventions.edits if e.node.kind == "embedding"]
 
@@ -225,7 +231,11 @@ def run_free(
 
     rm = ReplacementModel(model, tc)
     return rm.intervene(
-        tokens, freeze_errors=errors == "frozen", edit_acts=edit_acts if feature_edits else None, edit=edit
+        tokens,
+        freeze_errors=errors == "frozen",
+        frozen=frozen,
+        edit_acts=edit_acts if feature_edits else None,
+        edit=edit,
     )
 
 
