@@ -428,7 +428,6 @@ def test_checkpoints_are_scored_in_order_with_in_context_learning(tmp_path, caps
     from hf_tiny import save_hf_model, save_tiny_tokenizer
 
     from clew.cli import main
-    from clew.heads.motifs import text_sequences
     from clew.heads.phases import EARLY, LATE, checkpoint_folders, context_losses, score_checkpoints
     from clew.models.loading import load_folder
 
@@ -439,20 +438,28 @@ def test_checkpoints_are_scored_in_order_with_in_context_learning(tmp_path, caps
     (tmp_path / "run" / "checkpoints" / "notes").mkdir()
     assert [s for s, _ in checkpoint_folders(tmp_path / "run")] == [0, 10, 200]
     g = torch.Generator().manual_seed(0)
-    text = " ".join(f"w{int(i)}" for i in torch.randint(0, 30, (1200,), generator=g))  # recurring tokens
-    rows = score_checkpoints(tmp_path / "run", text, n_seqs=3, length=255, progress=False)
+    docs = [
+        " ".join(f"w{int(i)}" for i in torch.randint(0, 30, (n,), generator=g)) for n in (300, 80, 70, 30, 90)
+    ]
+    text = "\n\n".join(docs)  # recurring tokens; the 30-token document is too short to count
+    rows = score_checkpoints(tmp_path / "run", text, n_seqs=3, length=120, progress=False)
     assert [r.step for r in rows] == [0, 10, 200]
     # the in-context-learning score by its definition, on the last checkpoint
     model = load_folder(tmp_path / "run" / "checkpoints" / "step-00200")
-    seqs = text_sequences(model, text, 3, 255)
-    with torch.no_grad():
-        logits = model(seqs.tokens)
-    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), seqs.tokens[:, 1:], reduction="none")
-    window = loss[:, seqs.offset :]  # column i predicts window position i + 1
-    early = window[:, EARLY[0] - 1 : EARLY[1] - 1].mean()
-    late = window[:, LATE[0] - 1 : LATE[1] - 1].mean()
-    assert abs(rows[-1].icl - float(late - early)) < 1e-5 and abs(rows[-1].loss - float(window.mean())) < 1e-5
-    assert context_losses(model, seqs) == (rows[-1].loss, rows[-1].icl)
+    early, late, every = [], [], []
+    for doc in docs:
+        ids = torch.tensor(model.tokenizer(doc)["input_ids"])  # <bos> first
+        if len(ids) - 1 < 3 * LATE:
+            continue
+        with torch.no_grad():
+            loss = F.cross_entropy(model(ids[None])[0, :-1].float(), ids[1:], reduction="none")
+        early.append(loss[EARLY[0] : EARLY[1]].mean())  # loss[j] is the loss of the document's token j
+        late.append(loss[-LATE:].mean())
+        every.append(loss.mean())
+    assert len(early) == 4
+    icl = float(torch.stack(late).mean() - torch.stack(early).mean())
+    assert abs(rows[-1].icl - icl) < 1e-5 and abs(rows[-1].loss - float(torch.stack(every).mean())) < 1e-5
+    assert context_losses(model, text) == (rows[-1].loss, rows[-1].icl)
     assert all(0 <= v <= 1 for r in rows for line in r.induction for v in line)
     # the command: a table, a figure and the numbers
     code = main(
@@ -466,6 +473,8 @@ def test_checkpoints_are_scored_in_order_with_in_context_learning(tmp_path, caps
             str(tmp_path / "out"),
             "--sequences",
             "3",
+            "--length",
+            "120",
         ]
     )
     out = capsys.readouterr().out
@@ -483,9 +492,9 @@ def test_checkpoints_are_scored_in_order_with_in_context_learning(tmp_path, caps
                 "--checkpoints",
                 str(tmp_path / "run"),
                 "--text",
-                str(_write(tmp_path, text)),
+                str(_write(tmp_path, "w1 w2\n\nw3")),  # no document long enough
                 "--length",
-                "100",
+                "2",
             ]
         )
         == 2

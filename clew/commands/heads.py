@@ -192,9 +192,10 @@ def run_phases(args: argparse.Namespace) -> int:
         text = Path(args.text).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ClewError(f"cannot read --text {args.text}: {err}") from None
-    rows = score_checkpoints(args.checkpoints, text, args.sequences, args.length or 255)
+    rows = score_checkpoints(args.checkpoints, text, args.sequences, args.length)
     print(
-        f"{len(rows)} checkpoints; in-context learning = loss on positions {LATE[0]}-{LATE[1]} minus {EARLY[0]}-{EARLY[1]}"
+        f"{len(rows)} checkpoints; in-context learning = loss on each document's last {LATE} tokens minus on "
+        f"its tokens {EARLY[0]}-{EARLY[1] - 1}"
     )
     print(f"{'step':>6} {'loss':>7} {'icl':>8}  {'top induction head':<20} {'top previous-token head':<20}")
     for r in rows:

@@ -4,10 +4,12 @@ The claim (Olsson et al., 2022) is that induction heads form abruptly, in a phas
 in-context learning improves at the same moment. :func:`score_checkpoints` measures both on a series
 of saved models (``clew organism build --checkpoint-every N`` writes them): at each checkpoint, every
 head's induction and previous-token scores on windows of a text (as ``clew heads --text`` scores them),
-the mean next-token loss, and the **in-context-learning score**: the mean loss on late tokens of each
-window (positions ``LATE``) minus the mean loss on early ones (positions ``EARLY``). A model that
-uses its context predicts late tokens better than early ones: the score is negative, and the more
-so the more it learns in context. :func:`phase_figure` draws both against the training step.
+the mean next-token loss, and the **in-context-learning score**: over the text's documents (separated
+by blank lines; each read alone, after the family's BOS), the mean loss on each document's last
+``LATE`` tokens minus the mean loss on its tokens at positions ``EARLY``. A model that uses its
+context predicts a story's late tokens (the names it has seen, the phrasing it has read) better than
+its early ones: the score is negative, and the more so the more it learns in context.
+:func:`phase_figure` draws both against the training step.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from clew.errors import ClewError
-from clew.heads.motifs import TextSequences, pattern_scores, text_sequences
+from clew.heads.motifs import pattern_scores, text_sequences
 from clew.models.transformer import Transformer
 from clew.render import Axes, Canvas
 
-EARLY = (10, 50)
-"""Positions (in the window, after any BOS) whose loss is the early loss: [10, 50)."""
-LATE = (200, 250)
-"""Positions whose loss is the late loss: [200, 250). Windows must be at least 250 tokens long."""
+EARLY = (5, 25)
+"""Positions of a document (after any BOS) whose loss is the early loss: [5, 25)."""
+LATE = 20
+"""The document's last this many tokens give the late loss (documents of at least 3 x LATE tokens)."""
 
 
 @dataclass
@@ -70,28 +72,37 @@ def checkpoint_folders(root: str | Path) -> list[tuple[int, Path]]:
 
 
 @torch.no_grad()
-def context_losses(model: Transformer, seqs: TextSequences, batch: int = 4) -> tuple[float, float]:
-    """(mean next-token loss, late minus early loss) over the windows."""
-    P = seqs.tokens.shape[1] - seqs.offset
-    if P < LATE[1]:
-        raise ClewError(
-            f"in-context learning is measured up to position {LATE[1]}: windows of {P} tokens are too short"
-        )
+def context_losses(model: Transformer, text: str) -> tuple[float, float]:
+    """(mean next-token loss, late minus early loss) over the documents of ``text`` (module docstring)."""
+    from clew.heads.motifs import bos_token
+
+    tok = model.tokenizer
+    if tok is None:
+        raise ClewError("measuring in-context learning needs the model's tokenizer, and this model has none")
+    bos = bos_token(model)
     device = model.embed.weight.device
-    losses = []
-    for chunk in seqs.tokens.split(batch):
-        chunk = chunk.to(device)
-        logits = model(chunk)[:, :-1].float()
-        loss = F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")  # (b, P_total - 1)
-        losses.append(loss[:, seqs.offset :].cpu())  # loss of predicting window position i + 1 from i
-    per_pos = torch.cat(losses).mean(0)  # (P - 1,): entry i predicts window position i + 1
-    early = per_pos[EARLY[0] - 1 : EARLY[1] - 1].mean()
-    late = per_pos[LATE[0] - 1 : LATE[1] - 1].mean()
-    return float(per_pos.mean()), float(late - early)
+    early, late, every = [], [], []
+    for doc in (d.strip() for d in text.split("\n\n")):
+        ids = list(tok(doc, add_special_tokens=False, verbose=False)["input_ids"])[: model.cfg.n_ctx - 1]
+        if len(ids) < 3 * LATE:
+            continue
+        tokens = torch.tensor(([bos] if bos is not None else []) + ids, device=device)
+        logits = model(tokens[None])[0, :-1].float()
+        loss = F.cross_entropy(logits, tokens[1:], reduction="none").cpu()  # entry i predicts token i + 1
+        offset = 1 if bos is not None else 0
+        per_pos = loss[offset - 1 :] if offset else torch.cat([torch.full((1,), float("nan")), loss])
+        early.append(per_pos[EARLY[0] : EARLY[1]].mean())  # per_pos[j]: the loss of document token j
+        late.append(per_pos[-LATE:].mean())
+        every.append(per_pos[1:].mean() if not offset else per_pos.mean())
+    if not early:
+        raise ClewError(
+            f"the text has no document of at least {3 * LATE} tokens (documents are separated by blank lines)"
+        )
+    return float(torch.stack(every).mean()), float(torch.stack(late).mean() - torch.stack(early).mean())
 
 
 def score_checkpoints(
-    root: str | Path, text: str, n_seqs: int = 8, length: int = 255, progress: bool = True
+    root: str | Path, text: str, n_seqs: int = 8, length: int | None = None, progress: bool = True
 ) -> list[CheckpointScores]:
     """Head scores and in-context learning at every checkpoint under ``root`` (see the module docstring)."""
     from tqdm.auto import tqdm
@@ -103,7 +114,7 @@ def score_checkpoints(
         model = load_folder(folder)
         seqs = text_sequences(model, text, n_seqs, length)
         scores = pattern_scores(model, seqs)
-        loss, icl = context_losses(model, seqs)
+        loss, icl = context_losses(model, text)
         out.append(
             CheckpointScores(step, loss, icl, scores["induction"].tolist(), scores["previous_token"].tolist())
         )
