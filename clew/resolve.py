@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clew.assets import built_in
+from clew.attribution import Graph
 from clew.dictionaries import Transcoder, load_transcoder
 from clew.errors import ClewError
 from clew.models import Transformer, load_model
@@ -33,3 +34,17 @@ def default_dictionary(model_name: str) -> str:
     raise ClewError(
         f"--dictionary is needed for model {model_name!r} (a folder without transcoders/, not a built-in)"
     )
+
+
+def load_graph_and_model(
+    path: str, model_name: str | None, dictionary: str | None, device: str | None = None
+) -> tuple[Graph, Transformer, Transcoder]:
+    """A graph file and the model and dictionary it was traced with (or the ones given instead)."""
+    if not Path(path).is_file():
+        raise ClewError(f"{path}: no such graph file")
+    graph = Graph.load(path)
+    model_name = model_name or graph.model_name
+    if not model_name:
+        raise ClewError(f"{path}: the graph does not name its model: give --model")
+    model, tc = load_model_and_dictionary(model_name, dictionary or graph.dictionary_name or None, device)
+    return graph, model, tc

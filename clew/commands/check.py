@@ -43,23 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from clew.attribution import Graph
     from clew.errors import ClewError
     from clew.intervene import parse_node
     from clew.intervene.check import check_claims, groups_by_influence
-    from clew.resolve import load_model_and_dictionary
+    from clew.resolve import load_graph_and_model
 
-    if not Path(args.graph).is_file():
-        raise ClewError(f"{args.graph}: no such graph file")
-    graph = Graph.load(args.graph)
-    model_name = args.model or graph.model_name
-    if not model_name:
-        raise ClewError(f"{args.graph}: the graph does not name its model: give --model")
-    model, tc = load_model_and_dictionary(
-        model_name, args.dictionary or graph.dictionary_name or None, device=args.device
-    )
+    graph, model, tc = load_graph_and_model(args.graph, args.model, args.dictionary, args.device)
     if args.group:
         table = {tuple(f): n for n, f in enumerate(graph.features.tolist())}
         groups = {}

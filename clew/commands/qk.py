@@ -51,28 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from clew.attribution import Graph
     from clew.attribution.trace import tokenize
     from clew.errors import ClewError
     from clew.heads import parse_head
     from clew.qk import expand_head, qk_attribution
     from clew.replacement import LocalReplacement
-    from clew.resolve import load_model_and_dictionary
+    from clew.resolve import load_graph_and_model, load_model_and_dictionary
 
     layer, head = parse_head(args.head)
     if args.top < 1:
         raise ClewError(f"--top must be positive, got {args.top}")
     if args.source.endswith(".safetensors"):
-        if not Path(args.source).is_file():
-            raise ClewError(f"{args.source}: no such graph file")
-        graph = Graph.load(args.source)
-        model_name = args.model or graph.model_name
-        if not model_name:
-            raise ClewError(f"{args.source}: the graph does not name its model: give --model")
-        dictionary = args.dictionary or graph.dictionary_name or None
-        model, tc = load_model_and_dictionary(model_name, dictionary, device=args.device)
+        graph, model, tc = load_graph_and_model(args.source, args.model, args.dictionary, args.device)
         tokens, strings = graph.tokens, graph.token_strings
     else:
         if not args.model:
