@@ -39,12 +39,15 @@ def default_dictionary(model_name: str) -> str:
 def load_graph_and_model(
     path: str, model_name: str | None, dictionary: str | None, device: str | None = None
 ) -> tuple[Graph, Transformer, Transcoder]:
-    """A graph file and the model and dictionary it was traced with (or the ones given instead)."""
+    """A graph file and the model and dictionary it was traced with (or the ones given instead; a
+    dictionary no longer where the graph says is replaced by the model's own)."""
     if not Path(path).is_file():
         raise ClewError(f"{path}: no such graph file")
     graph = Graph.load(path)
     model_name = model_name or graph.model_name
     if not model_name:
         raise ClewError(f"{path}: the graph does not name its model: give --model")
-    model, tc = load_model_and_dictionary(model_name, dictionary or graph.dictionary_name or None, device)
+    if dictionary is None and graph.dictionary_name and Path(graph.dictionary_name).exists():
+        dictionary = graph.dictionary_name  # the one it was traced with, where it still is
+    model, tc = load_model_and_dictionary(model_name, dictionary, device)
     return graph, model, tc

@@ -112,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoints:
         return run_phases(args)
-    if not args.model:
-        raise ClewError("--model is needed (or --checkpoints DIR)")
     if args.graph or args.edge:
         return run_split(args)
+    if not args.model:
+        raise ClewError("--model is needed (or --checkpoints DIR, or --graph FILE)")
     if args.top < 1:
         raise ClewError(f"--top must be positive, got {args.top}")
     if args.ablate_top < 0:
@@ -234,16 +234,14 @@ def find_node(graph, text: str) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from clew.attribution import Graph
     from clew.attribution.heads_split import split_graph_edge
     from clew.errors import ClewError
-    from clew.resolve import load_model_and_dictionary
+    from clew.resolve import load_graph_and_model
 
     if not (args.graph and args.edge):
         raise ClewError("splitting an edge needs both --graph FILE and --edge SOURCE TARGET")
-    graph = Graph.load(args.graph)
+    graph, model, dictionary = load_graph_and_model(args.graph, args.model, args.dictionary, args.device)
     source, target = find_node(graph, args.edge[0]), find_node(graph, args.edge[1])
-    model, dictionary = load_model_and_dictionary(args.model, args.dictionary, device=args.device)
     split = split_graph_edge(model, dictionary, graph, source, target)
     print(f"{graph.describe(source)} -> {graph.describe(target)}")
     print(split.format(args.top))
