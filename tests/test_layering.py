@@ -40,6 +40,8 @@ LEVELS = {
     # what is built from those: the organism (trained, traced and examined)
     "qk": 6,
     "organism": 6,
+    # many graphs: tracing a batch into a store, aggregation, comparison
+    "batch": 7,
     # the user's entry points
     "resolve": 8,
     "commands": 9,
