@@ -234,6 +234,7 @@ def run_batch(
     """Trace every prompt of ``specs`` not yet done in ``store``: in this process, or on Ray (a local
     cluster of ``workers`` processes, or the cluster at ``address``)."""
     started = time.perf_counter()
+    store.check_settings(config.settings())
     store.recover()
     store.add(specs)
     wanted = {s.id for s in specs}
@@ -387,6 +388,8 @@ def connect(ray: Any, address: str | None, workers: int, cpus_per_worker: float)
         if os.environ.get("PYTHONPATH")
         else None
     )
+    if address:
+        reachable(address)
     try:
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level="ERROR")
@@ -403,6 +406,20 @@ def connect(ray: Any, address: str | None, workers: int, cpus_per_worker: float)
         raise ClewError(
             f"cannot reach the Ray cluster at {where} ({' '.join(str(err).split())[:200]})"
         ) from None
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when nothing listens at a Ray address (Ray itself retries for minutes)."""
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClewError(f"--address {address!r}: expected host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ClewError(f"cannot reach the Ray cluster at {address} ({err.strerror or err})") from None
 
 
 def config_dict(config: BatchConfig) -> dict[str, Any]:

@@ -124,6 +124,13 @@ class GraphStore:
                     f"{self.root} was written with {what} {found.get(what)!r} and this run loads "
                     f"{identity[what]!r}, whose weights differ: give another --out"
                 )
+        self.check_settings(settings)
+
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Refuse to add graphs made with other settings (a store holds graphs that compare)."""
+        found = self.manifest()
+        if found is None:
+            return
         differ = sorted(k for k in settings if found.get("settings", {}).get(k) != settings[k])
         if differ:
             was = ", ".join(f"{k}={found['settings'].get(k)!r}" for k in differ)
