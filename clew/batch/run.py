@@ -312,7 +312,7 @@ def _drive_ray(
 ) -> None:
     ray = import_ray()
     t = time.perf_counter()
-    connect(ray, address, workers, cpus_per_worker)
+    started_here = connect(ray, address, workers, cpus_per_worker)
     threads = config.threads or max(1, int(cpus_per_worker))
     actor_class = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)(Worker)
     queue = list(reversed(todo))  # pop() from the end: the file's order
@@ -367,7 +367,7 @@ def _drive_ray(
     finally:
         for ref in inflight:
             ray.cancel(ref, force=True)
-        if not address:
+        if started_here:
             ray.shutdown()
 
 
@@ -379,10 +379,11 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(ray: Any, address: str | None, workers: int, cpus_per_worker: float) -> None:
-    """Start a local Ray with room for ``workers`` workers, or join the cluster at ``address``."""
+def connect(ray: Any, address: str | None, workers: int, cpus_per_worker: float) -> bool:
+    """Start a local Ray with room for ``workers`` workers, or join the cluster at ``address``; returns
+    whether this call started it (a Ray already initialised in this process is used as it is)."""
     if ray.is_initialized():
-        return
+        return False
     env = (
         {"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}}
         if os.environ.get("PYTHONPATH")
@@ -406,6 +407,7 @@ def connect(ray: Any, address: str | None, workers: int, cpus_per_worker: float)
         raise ClewError(
             f"cannot reach the Ray cluster at {where} ({' '.join(str(err).split())[:200]})"
         ) from None
+    return True
 
 
 def reachable(address: str, timeout: float = 5.0) -> None:
