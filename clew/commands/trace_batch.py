@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threads", type=int, help="torch threads per worker (default: 1 on Ray, torch's own here)"
     )
     p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="trace only the prompts whose position in the file is I modulo N (one store per shard; "
+        "clew aggregate reads several stores)",
+    )
+    p.add_argument(
         "--max-attempts", type=int, default=3, help="tries of a prompt whose worker dies (default: 3)"
     )
     p.add_argument("--retry-failed", action="store_true", help="trace again the prompts that failed before")
@@ -86,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
     read = read_prompts(args.prompts)
     for problem in read.problems:
         print(f"clew: {args.prompts}: {problem}: skipped", file=sys.stderr)
+    specs = read.specs
+    if args.shard:
+        i, _, n = args.shard.partition("/")
+        if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+            raise ClewError(f"--shard {args.shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+        specs = specs[int(i) :: int(n)]
     config = BatchConfig(
         model=args.model,
         dictionary=args.dictionary or default_dictionary(args.model),
@@ -103,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = run_batch(
             store,
-            read.specs,
+            specs,
             config,
             ray=args.ray,
             address=args.address,
