@@ -66,15 +66,30 @@ def main(argv: list[str]) -> int:
     jsonl = write_prompts(out / "two_hop_100.jsonl")
     store = out / "store"
     clew = [sys.executable, "-m", "clew.cli"]
-    subprocess.run(
-        [*clew, "trace-batch", str(jsonl), "-m", "organism", "--out", str(store), "--ray", "--workers", "2"],
-        check=True,
-    )
-    subprocess.run(
-        [*clew, "aggregate", str(store), "--group-by", "state", "--out", str(out / "aggregate.csv")],
-        check=True,
-    )
-    subprocess.run([*clew, "diff", f"{store}:dallas", f"{store}:los-angeles"], check=True)
+    trace = ["trace-batch", str(jsonl), "-m", "organism", "--out", str(store), "--ray", "--workers", "2"]
+    subprocess.run([*clew, *trace, "--quiet"], check=True)
+    steps = {
+        "aggregate.txt": [
+            "aggregate",
+            str(store),
+            "--group-by",
+            "state",
+            "--show",
+            "Texas",
+            "California",
+            "--labels",
+            "--out",
+            str(out / "features.csv"),
+            "--quiet",
+        ],
+        "diff.txt": ["diff", f"{store}:dallas", f"{store}:los-angeles", "--labels"],
+        "diff_sets.txt": ["diff", f"{store}:state=Texas", f"{store}:state=California", "--labels"],
+        "diff_splits.txt": ["diff", f"{store}:split=train", f"{store}:split=heldout", "--top", "5"],
+    }
+    for name, command in steps.items():
+        done = subprocess.run([*clew, *command], check=True, capture_output=True, text=True)
+        (out / name).write_text("$ clew " + " ".join(command) + "\n" + done.stdout)
+        print(f"wrote {out / name}")
     return 0
 
 

@@ -120,7 +120,7 @@ def test_aggregate_and_diff_commands(store, tmp_path, capsys):
     out = tmp_path / "agg.csv"
     assert main(["aggregate", str(store.root), "--group-by", "state", "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "Texas (5 graphs)" in text and "California (6 graphs)" in text
+    assert "Texas (5): " in text and "California (6): " in text
     with out.open() as f:
         table = list(csv.DictReader(f))
     assert {r["group"] for r in table} == {ALL, "Texas", "California"}

@@ -244,14 +244,19 @@ def write_table(rows: list[Any], path: str | Path) -> Path:
     return path
 
 
+def _specific(rows: list[FeatureRow]) -> list[FeatureRow]:
+    """Features kept more often in the group than elsewhere, the most significant first."""
+    return sorted((r for r in rows if r.specificity > 0), key=lambda r: (r.p_value, -r.mean_influence))
+
+
 def summary(
     agg: Aggregate,
     labels: dict[tuple[int, int], str] | None = None,
     top: int = 6,
     show: list[str] | None = None,
-    max_groups: int = 8,
 ) -> str:
-    """What recurs everywhere, then per group what recurs in every graph of it and what is specific to it."""
+    """What recurs everywhere; each group's most specific features; for the groups in ``show``, what recurs
+    in every graph of the group and what is specific to it."""
     by_group: dict[str, list[FeatureRow]] = defaultdict(list)
     for r in agg.features:
         by_group[r.group].append(r)
@@ -279,17 +284,23 @@ def summary(
         missing = [g for g in show if g not in agg.groups]
         if missing:
             raise ClewError(f"no group {missing[0]!r} (groups: {', '.join(sorted(names)[:12])} ...)")
-        names = show
-    elif len(names) > max_groups:
-        names = sorted(names, key=lambda g: -agg.groups[g])[:max_groups]
-        lines.append(f"(the {max_groups} largest of {len(agg.groups) - 1} groups; --show GROUP for others)")
-    for g in names:
+    if names:
+        lines.append(
+            f"the features most specific to each group (kept here / elsewhere, Fisher p; {len(names)} groups):"
+        )
+    for g in sorted(names):
+        best = _specific(by_group[g])[:3]
+        lines.append(
+            f"  {g} ({agg.groups[g]}): "
+            + "; ".join(
+                f"{name(r)} {r.kept}/{r.n_graphs} vs {r.kept_elsewhere}/{r.n_elsewhere} p={r.p_value:.0e}"
+                for r in best
+            )
+        )
+    for g in show or []:
         rows, size = by_group[g], agg.groups[g]
         every = sorted((r for r in rows if r.kept == size), key=lambda r: (-r.specificity, -r.mean_influence))
         common = sum(r.kept_elsewhere == r.n_elsewhere for r in every)
-        specific = sorted(
-            (r for r in rows if r.specificity > 0), key=lambda r: (r.p_value, -r.mean_influence)
-        )
         lines.append(f"{g} ({size} graphs):")
         lines.append(
             f"  kept in every graph of the group: {len(every)} ({common} of them kept in every graph "
@@ -297,7 +308,7 @@ def summary(
         )
         lines.append("    " + ", ".join(name(r) for r in every[:top]))
         lines.append("  specific (kept here / kept elsewhere, Fisher p, BH q):")
-        for r in specific[:top]:
+        for r in _specific(rows)[:top]:
             lines.append(
                 f"    {name(r):<32} {r.kept}/{size} vs {r.kept_elsewhere}/{r.n_elsewhere}  p={r.p_value:.1e} q={r.q_value:.1e}"
             )
