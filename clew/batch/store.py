@@ -256,11 +256,16 @@ class GraphStore:
         return int(self.db.execute("SELECT attempts FROM graphs WHERE id = ?", (ident,)).fetchone()[0])
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """``data`` to a temporary file beside ``path``, flushed to disk, renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a store is often shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
