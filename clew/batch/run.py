@@ -358,7 +358,7 @@ def _drive_ray(
             idle.append(actor)
             take(out)
     except ray.exceptions.RayActorError as err:
-        raise ClewError(f"a Ray worker could not load the model or dictionary ({err})") from None
+        raise ClewError(f"a Ray worker could not start: {_reason(err)}") from None
     except ray.exceptions.RayTaskError as err:
         cause = err.cause if isinstance(getattr(err, "cause", None), ClewError) else None
         if cause is not None:
@@ -369,6 +369,16 @@ def _drive_ray(
             ray.cancel(ref, force=True)
         if started_here:
             ray.shutdown()
+
+
+def _reason(err: BaseException) -> str:
+    """The one line that says why, out of a Ray error's text (which quotes the worker's traceback)."""
+    text = str(err)
+    for line in reversed(text.splitlines()):
+        if "ClewError: " in line:
+            return line.split("ClewError: ", 1)[1].strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(err).__name__
 
 
 def import_ray() -> Any:
