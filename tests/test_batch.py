@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,14 @@ def test_ray_worker_killed_mid_run(tmp_path, local_ray):
     assert len([f for f in files if f.suffix == ".safetensors"]) == 30
     assert sum(r["attempts"] for r in rows) == 30 + report.workers_lost  # each lost prompt traced again once
     assert len({r["worker"] for r in rows}) >= 2
+
+
+def test_ray_is_imported_only_on_the_ray_path(tmp_path, monkeypatch):
+    import subprocess
+
+    script = "import sys, clew.batch, clew.commands.trace_batch; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(ClewError, match=r"Ray is not installed: pip install clew\[ray\]"):
+        run_batch(GraphStore(tmp_path / "s"), specs_of(two_hop(1)), config(), ray=True, progress=False)

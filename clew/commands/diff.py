@@ -80,9 +80,17 @@ def run(args: argparse.Namespace) -> int:
     from clew.batch.aggregate import write_table
     from clew.batch.diff import diff_graphs, diff_sets, graph_diff_text, set_diff_text
     from clew.batch.nodes import promoted_labels
+    from clew.errors import ClewError
 
-    kind_a, a, _ = side(args.a)
-    kind_b, b, _ = side(args.b)
+    kind_a, a, store_a = side(args.a)
+    kind_b, b, store_b = side(args.b)
+    if store_a is not None and store_b is not None:
+        prints = {(s.manifest() or {}).get("dictionary_fingerprint") for s in (store_a, store_b)}
+        if len(prints) > 1:
+            raise ClewError(
+                f"{store_a.root} and {store_b.root} were written with different dictionaries: "
+                "their features are not the same features"
+            )
     first = a if kind_a == "graph" else a[0]
     if kind_a == kind_b == "graph":
         d = diff_graphs(a, b, args.node_threshold, args.edge_threshold, positions=not args.no_positions)
