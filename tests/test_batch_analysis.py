@@ -15,7 +15,7 @@ from clew.batch.aggregate import ALL, aggregate
 from clew.batch.diff import diff_graphs, diff_sets
 from clew.batch.nodes import view
 from clew.batch.prompts import PromptSpec
-from clew.batch.stats import bh_qvalues, fisher_exact, mann_whitney
+from clew.batch.stats import bh_qvalues, fisher_exact, mcnemar_exact, permutation_pvalues
 from clew.cli import main
 from clew.resolve import default_dictionary
 
@@ -28,13 +28,21 @@ def test_fisher_exact_on_known_tables():
     assert math.isclose(fisher_exact(2, 4, 2, 4), 1.0)
 
 
-def test_mann_whitney_and_bh():
-    x, y = list(range(1, 11)), list(range(11, 21))
-    assert math.isclose(
-        mann_whitney(x, y), math.erfc((50 - 0.5) / math.sqrt(175) / math.sqrt(2)), rel_tol=1e-9
-    )
-    assert mann_whitney(x, y) == mann_whitney(y, x)
-    assert mann_whitney(x, x) > 0.9
+def test_permutation_pvalues_mcnemar_and_bh():
+    import torch
+
+    a, b = torch.arange(1.0, 6.0)[None], torch.arange(6.0, 12.0)[None]  # every A below every B
+    p = float(permutation_pvalues(a, b)[0])
+    assert abs(p - 2 / math.comb(11, 5)) < 0.002  # the exact two-sided permutation p-value
+    assert float(permutation_pvalues(a, a)[0]) == 1.0
+    # mostly zeros: 100 graphs without the feature against 3 with it; p is bounded by the permutations,
+    # where a rank test's normal approximation would give about 1e-16
+    zeros, few = torch.zeros(1, 100), torch.tensor([[0.01, 0.02, 0.03]])
+    p = float(permutation_pvalues(zeros, few, n_perm=999)[0])
+    assert 1 / 1000 <= p <= 0.002
+    paired = float(permutation_pvalues(torch.arange(1.0, 11.0)[None], torch.zeros(1, 10), paired=True)[0])
+    assert abs(paired - 2 / 1024) < 0.002  # every pair the same way: the exact sign-flip p-value
+    assert math.isclose(mcnemar_exact(0, 6), 2 / 64) and mcnemar_exact(3, 3) == 1.0
     q = bh_qvalues([0.01, 0.04, 0.03, 0.5])
     assert [round(v, 4) for v in q] == [0.04, 0.0533, 0.0533, 0.5]
 
@@ -114,6 +122,11 @@ def test_diff_of_two_sets(store):
     )  # all of one side, none of the other
     null = diff_sets(tx[:2] + ca[:3], tx[2:4] + ca[3:5])  # mixed halves: nothing should stand out
     assert min(t.q_value for t in null.features) > 0.05
+    same = diff_sets(tx, tx, paired=True)  # one model against itself, prompt by prompt
+    assert same.paired and all(t.p_kept == 1.0 and t.p_influence == 1.0 for t in same.features)
+    assert all(t.p_influence >= 1 / 10000 for t in d.features)
+    pairs = diff_sets(tx + tx[:1], ca, paired=True)  # six Texas graphs against six California ones
+    assert min(t.p_kept for t in pairs.features) == 2 / 64  # McNemar: kept in A only in all six pairs
 
 
 def test_aggregate_and_diff_commands(store, tmp_path, capsys):

@@ -4,8 +4,9 @@ Two graphs: nodes are matched by identity (a feature's layer and index, an error
 logit's label) and, with ``positions``, by position, the two prompts' tokens aligned (the equal stretches
 match position by position; each differing stretch is one slot, so the city of a template matches the
 city). Two sets (contrastive prompts, or the same prompts under two models that share a dictionary):
-for every feature, how often pruning keeps it on each side (Fisher's exact test) and its influence
-(Mann-Whitney U, zero where absent), with Benjamini-Hochberg q-values over all features.
+for every feature, how often pruning keeps it on each side (Fisher's exact test; McNemar's for pairs)
+and its influence (a permutation test of the difference of means, zero where absent), with
+Benjamini-Hochberg q-values over all features.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import torch
+
 from clew.attribution import Graph
 from clew.batch.nodes import Key, describe, view
-from clew.batch.stats import bh_qvalues, fisher_exact, mann_whitney
+from clew.batch.stats import bh_qvalues, fisher_exact, mcnemar_exact, permutation_pvalues
 
 
 @dataclass
@@ -222,9 +225,9 @@ class FeatureTest:
     """Its share of the influence, averaged over every graph of A (0 where absent)."""
     mean_influence_b: float
     p_kept: float
-    """Fisher's exact test on kept_a / n_a against kept_b / n_b."""
+    """Fisher's exact test on kept_a / n_a against kept_b / n_b (paired: McNemar's exact test)."""
     p_influence: float
-    """Mann-Whitney U on the influence shares."""
+    """A permutation test of the difference of mean influence (paired: random sign flips of each pair)."""
     q_value: float = 1.0
     """Benjamini-Hochberg on p_influence over all features."""
 
@@ -235,6 +238,8 @@ class SetDiff:
     n_b: int
     features: list[FeatureTest]
     """Every feature active in some graph, most significant first."""
+    paired: bool = False
+    """Whether the i-th graph of A and of B are one prompt (under two models, say), tested as pairs."""
 
 
 def diff_sets(
@@ -242,50 +247,66 @@ def diff_sets(
     graphs_b: Iterable[Graph],
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
+    paired: bool = False,
+    n_perm: int = 9999,
+    seed: int = 0,
 ) -> SetDiff:
-    """Which features differ between two sets of graphs, with a test rather than raw counts."""
+    """Which features differ between two sets of graphs, with a test rather than raw counts. With
+    ``paired``, the i-th graphs of the two sets are one prompt (the same prompts under two models that
+    share a dictionary) and the tests are on the pairs."""
     sides = []
     for graphs in (graphs_a, graphs_b):
-        inf: dict[tuple[int, int], list[float]] = defaultdict(list)
-        kept: dict[tuple[int, int], int] = defaultdict(int)
+        inf: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
+        kept: dict[tuple[int, int], set[int]] = defaultdict(set)
         n = 0
-        for g in graphs:
+        for i, g in enumerate(graphs):
             v = view(g, node_threshold, edge_threshold)
             for key, value in v.influence.items():
                 if key[0] == "F":
-                    inf[(key[1], key[2])].append(value)
-                    kept[(key[1], key[2])] += key in v.kept
+                    inf[(key[1], key[2])][i] = value
+                    if key in v.kept:
+                        kept[(key[1], key[2])].add(i)
             n += 1
         sides.append((n, inf, kept))
     (n_a, inf_a, kept_a), (n_b, inf_b, kept_b) = sides
+    if paired and n_a != n_b:
+        raise ValueError(f"paired sets must be as long as each other ({n_a} and {n_b} graphs)")
+    keys = sorted(set(inf_a) | set(inf_b))
+    xa = torch.tensor([[inf_a[k].get(i, 0.0) for i in range(n_a)] for k in keys], dtype=torch.float64)
+    xb = torch.tensor([[inf_b[k].get(i, 0.0) for i in range(n_b)] for k in keys], dtype=torch.float64)
+    p_inf = permutation_pvalues(xa.reshape(len(keys), n_a), xb.reshape(len(keys), n_b), paired, n_perm, seed)
     tests = []
-    for key in set(inf_a) | set(inf_b):
-        xa = inf_a.get(key, []) + [0.0] * (n_a - len(inf_a.get(key, [])))
-        xb = inf_b.get(key, []) + [0.0] * (n_b - len(inf_b.get(key, [])))
+    for row, key in enumerate(keys):
+        ka, kb = kept_a[key], kept_b[key]
+        if paired:
+            p_kept = mcnemar_exact(len(ka - kb), len(kb - ka))
+        else:
+            p_kept = fisher_exact(len(ka), n_a, len(kb), n_b)
         tests.append(
             FeatureTest(
                 key[0],
                 key[1],
-                kept_a[key],
+                len(ka),
                 n_a,
-                kept_b[key],
+                len(kb),
                 n_b,
-                sum(xa) / max(n_a, 1),
-                sum(xb) / max(n_b, 1),
-                fisher_exact(kept_a[key], n_a, kept_b[key], n_b),
-                mann_whitney(xa, xb),
+                float(xa[row].mean()) if n_a else 0.0,
+                float(xb[row].mean()) if n_b else 0.0,
+                p_kept,
+                float(p_inf[row]),
             )
         )
     for t, q in zip(tests, bh_qvalues([t.p_influence for t in tests])):
         t.q_value = q
     tests.sort(key=lambda t: (t.q_value, t.p_kept, -abs(t.mean_influence_a - t.mean_influence_b)))
-    return SetDiff(n_a, n_b, tests)
+    return SetDiff(n_a, n_b, tests, paired)
 
 
 def set_diff_text(d: SetDiff, labels: dict | None = None, top: int = 12, alpha: float = 0.05) -> str:
     hits = [t for t in d.features if t.q_value < alpha]
     lines = [
-        f"A: {d.n_a} graphs, B: {d.n_b} graphs; {len(d.features)} features, {len(hits)} differ at q < {alpha}",
+        f"A: {d.n_a} graphs, B: {d.n_b} graphs{', paired by prompt' if d.paired else ''}; "
+        f"{len(d.features)} features, {len(hits)} differ at q < {alpha}",
         "feature                              kept A     kept B     influence A -> B   p(kept)  p(infl.)  q",
     ]
     for t in d.features[:top]:

@@ -14,7 +14,9 @@ examples:
 
 A side is a graph file, STORE:ID (one graph of a store), STORE:FIELD=VALUE (the store's graphs whose
 prompt field has that value; several joined by commas) or STORE (all its graphs). Two graphs are compared
-node by node; anything else as two sets."""
+node by node; anything else as two sets. Two sets of the same prompt ids from two stores are tested as
+pairs (McNemar's test, sign-flip permutations); other sets as independent samples (Fisher's test,
+relabelling permutations)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Compare two attribution graphs: nodes matched by feature identity and aligned position; "
         "the features and edges kept in one and not the other, and the largest changes in influence. Or "
         "compare two sets of graphs: which features differ, with Fisher's exact test on how often pruning "
-        "keeps them and Mann-Whitney's on their influence, Benjamini-Hochberg q-values over all features.",
+        "keeps them and a permutation test on their mean influence, Benjamini-Hochberg q-values over all features.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -70,10 +72,10 @@ def side(text: str):
     for part in filter(None, rest.split(",")):
         k, _, v = part.partition("=")
         where[k.strip()] = v.strip()
-    graphs = [g for _, g in graphs_of([store], where)]
-    if not graphs:
+    found = list(graphs_of([store], where))
+    if not found:
         raise ClewError(f"{text}: no traced graph matches")
-    return "set", graphs, store
+    return "set", {row["id"]: g for row, g in found}, store
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{store_a.root} and {store_b.root} were written with different dictionaries: "
                 "their features are not the same features"
             )
-    first = a if kind_a == "graph" else a[0]
+    first = a if kind_a == "graph" else next(iter(a.values()))
     if kind_a == kind_b == "graph":
         d = diff_graphs(a, b, args.node_threshold, args.edge_threshold, positions=not args.no_positions)
         if args.labels:
@@ -100,9 +102,13 @@ def run(args: argparse.Namespace) -> int:
             d = diff_graphs(a, b, args.node_threshold, args.edge_threshold, not args.no_positions, labels)
         print(graph_diff_text(d, top=args.top))
         return 0
-    graphs_a = [a] if kind_a == "graph" else a
-    graphs_b = [b] if kind_b == "graph" else b
-    d = diff_sets(graphs_a, graphs_b, args.node_threshold, args.edge_threshold)
+    graphs_a = [a] if kind_a == "graph" else list(a.values())
+    graphs_b = [b] if kind_b == "graph" else list(b.values())
+    # the same prompts in two stores (two models sharing a dictionary): tested pair by pair
+    paired = kind_a == kind_b == "set" and store_a.root != store_b.root and a.keys() == b.keys()
+    if paired:
+        graphs_b = [b[i] for i in a]
+    d = diff_sets(graphs_a, graphs_b, args.node_threshold, args.edge_threshold, paired=paired)
     labels = None
     if args.labels:
         labels = promoted_labels(
