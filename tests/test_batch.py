@@ -246,3 +246,16 @@ def test_ray_is_imported_only_on_the_ray_path(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
     with pytest.raises(ClewError, match=r"Ray is not installed: pip install clew\[ray\]"):
         run_batch(GraphStore(tmp_path / "s"), specs_of(two_hop(1)), config(), ray=True, progress=False)
+
+
+def test_a_prompt_that_cannot_be_traced_fails_alone(tmp_path):
+    specs = specs_of(two_hop(2)) + [
+        PromptSpec("bad", "The opposite of small is", targets=(" not one token",))
+    ]
+    store = GraphStore(tmp_path / "s")
+    report = run_batch(store, specs, config(), progress=False)
+    assert report.traced == 2 and [i for i, _ in report.failed] == ["bad"]
+    assert "not a single token" in store.row("bad")["error"] and store.counts() == {"done": 2, "failed": 1}
+    assert run_batch(store, specs, config(), progress=False).traced == 0  # failed prompts are not retried ...
+    report = run_batch(store, specs, config(), retry_failed=True, progress=False)  # ... unless asked
+    assert report.failed and store.row("bad")["attempts"] == 2

@@ -160,6 +160,9 @@ def trace_one(
         )
     except ClewError as err:
         return Outcome(spec.id, worker, error=str(err))
+    except (RuntimeError, ValueError, MemoryError) as err:  # out of memory on one long prompt, say
+        text = " ".join(str(err).split())[:300]
+        return Outcome(spec.id, worker, error=f"{type(err).__name__}: {text}")
     analysis = analyze(graph, config.node_threshold, config.edge_threshold)
     path = Path(tmp_dir) / f"{os.getpid()}.safetensors"
     graph.save(path)
