@@ -21,7 +21,16 @@ from clew.errors import ClewError
 from clew.resolve import default_dictionary, load_model_and_dictionary
 
 ROOT = Path(__file__).resolve().parent.parent
-TENSORS = ("tokens", "features", "activations", "logit_tokens", "logit_probs", "adjacency", "error_norms")
+TENSORS = (
+    "tokens",
+    "features",
+    "activations",
+    "logit_tokens",
+    "logit_probs",
+    "adjacency",
+    "error_norms",
+    "logit_vectors",
+)
 
 
 def two_hop(n: int) -> list[dict]:
@@ -203,10 +212,10 @@ def test_ray_two_workers_write_the_graphs_of_a_sequential_trace(tmp_path, organi
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for row in rows:
-            assert same_graph(
-                Graph.load(store.graph_path(row)), trace(model, tc, row["prompt"], progress=False)
-            )
+        for row in rows:  # the file a sequential trace writes, read back
+            trace(model, tc, row["prompt"], progress=False).save(tmp_path / "sequential.safetensors")
+            sequential = Graph.load(tmp_path / "sequential.safetensors")
+            assert same_graph(Graph.load(store.graph_path(row)), sequential)
     finally:
         torch.set_num_threads(threads)
 
