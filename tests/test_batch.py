@@ -149,6 +149,14 @@ def test_full_disk_stops_cleanly_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", real)
     report = run_batch(store, specs, config(), progress=False)
     assert report.traced == 3 and store.counts() == {"done": 5}
+    import sqlite3
+
+    def full(*_):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(GraphStore, "add", full)  # the index's own write fails the same way
+    with pytest.raises(ClewError, match="disk is full"):
+        run_batch(store, specs, config(), progress=False)
     assert all(Graph.load(store.graph_path(r)).prompt == r["prompt"] for r in store.rows())
 
 

@@ -236,13 +236,54 @@ def run_batch(
 ) -> RunReport:
     """Trace every prompt of ``specs`` not yet done in ``store``: in this process, or on Ray (a local
     cluster of ``workers`` processes, or the cluster at ``address``)."""
+    report = RunReport()
+    try:
+        return _run(
+            store,
+            specs,
+            config,
+            ray,
+            address,
+            workers,
+            cpus_per_worker,
+            gpus_per_worker,
+            max_attempts,
+            retry_failed,
+            progress,
+            on_outcome,
+            report,
+        )
+    except (OSError, sqlite3.OperationalError) as err:
+        if disk_full(err):
+            raise ClewError(
+                f"{store.root}: the disk is full ({report.traced} graphs written by this run); "
+                "free some space and rerun the same command: it resumes where it stopped"
+            ) from None
+        raise
+
+
+def _run(
+    store: GraphStore,
+    specs: list[PromptSpec],
+    config: BatchConfig,
+    ray: bool,
+    address: str | None,
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    max_attempts: int,
+    retry_failed: bool,
+    progress: bool,
+    on_outcome: Hook | None,
+    report: RunReport,
+) -> RunReport:
     started = time.perf_counter()
     store.check_settings(config.settings())
     store.recover()
     store.add(specs)
     wanted = {s.id for s in specs}
     todo = [s for s in store.todo(retry_failed) if s.id in wanted]
-    report = RunReport(skipped=len(specs) - len(todo))
+    report.skipped = len(specs) - len(todo)
     bar = tqdm(total=len(specs), initial=report.skipped, desc="graphs", unit="graph", disable=not progress)
 
     def take(out: Outcome) -> None:
@@ -250,15 +291,7 @@ def run_batch(
             store.fail(out.id, out.error, out.worker)
             report.failed.append((out.id, out.error))
         else:
-            try:
-                store.record(out.id, out.result, out.data or b"")
-            except (OSError, sqlite3.OperationalError) as err:
-                if disk_full(err):
-                    raise ClewError(
-                        f"{store.root}: the disk is full ({report.traced} graphs written by this run); "
-                        "free some space and rerun the same command: it resumes where it stopped"
-                    ) from None
-                raise
+            store.record(out.id, out.result, out.data or b"")
             report.traced += 1
             report.peak_rss_mb[out.worker] = out.result["peak_rss_mb"]
         bar.update(1)

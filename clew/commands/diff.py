@@ -57,9 +57,11 @@ def side(text: str):
     path = Path(text)
     if path.is_file():
         return "graph", Graph.load(path), None
-    root, _, rest = text.rpartition(":") if ":" in text else (text, "", "")
-    if not root:
-        root, rest = text, ""
+    root, rest = text, ""
+    for i, char in enumerate(text):  # the first colon after which a store's folder ends (ids may hold colons)
+        if char == ":" and (Path(text[:i]) / "index.sqlite").is_file():
+            root, rest = text[:i], text[i + 1 :]
+            break
     if not Path(root).is_dir():
         raise ClewError(f"{text}: not a graph file, nor STORE, STORE:ID or STORE:FIELD=VALUE")
     store = GraphStore(root, create=False)
