@@ -450,8 +450,14 @@ def connect(ray: Any, address: str | None, workers: int, cpus_per_worker: float)
             )
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
         where = address or "a local Ray"
+        hint = ""
+        if address and os.environ.get("RAY_AUTH_MODE") != "token":
+            hint = (
+                "; something listens there: if the cluster uses token authentication (Ray's default "
+                "since 2.5x), set RAY_AUTH_MODE=token with its token in ~/.ray/auth_token"
+            )
         raise ClewError(
-            f"cannot reach the Ray cluster at {where} ({' '.join(str(err).split())[:200]})"
+            f"cannot reach the Ray cluster at {where} ({' '.join(str(err).split())[:200]}){hint}"
         ) from None
     return True
 
