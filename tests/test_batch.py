@@ -276,3 +276,21 @@ def test_a_prompt_that_cannot_be_traced_fails_alone(tmp_path):
     assert run_batch(store, specs, config(), progress=False).traced == 0  # failed prompts are not retried ...
     report = run_batch(store, specs, config(), retry_failed=True, progress=False)  # ... unless asked
     assert report.failed and store.row("bad")["attempts"] == 2
+
+
+def test_ray_run_interrupted_then_resumed(tmp_path, local_ray):
+    specs = specs_of(two_hop(12))
+    store = GraphStore(tmp_path / "store")
+    seen = []
+
+    def interrupt(out):
+        seen.append(out.id)
+        if len(seen) == 3:
+            raise KeyboardInterrupt  # as Ctrl-C would, with the other worker's prompt in flight
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(store, specs, config(), ray=True, workers=2, progress=False, on_outcome=interrupt)
+    assert store.counts() == {"done": 3, "pending": 9}
+    report = run_batch(store, specs, config(), ray=True, workers=2, progress=False)
+    assert report.traced == 9 and report.skipped == 3 and store.counts() == {"done": 12}
+    assert not [f for f in (tmp_path / "store").rglob("*") if f.name.endswith(".tmp")]

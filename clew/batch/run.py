@@ -17,7 +17,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +387,7 @@ def _drive_ray(
                         f"{replacements} workers died: giving up (the store keeps what is done)"
                     ) from None
                 fresh = actor_class.remote(config, threads)
+                pool.append(fresh)
                 ray.get(fresh.identity.remote())
                 idle.append(fresh)
                 bar.set_postfix(lost=report.workers_lost)
@@ -400,9 +401,12 @@ def _drive_ray(
         if cause is not None:
             raise ClewError(f"on a Ray worker: {cause}") from None
         raise
-    finally:
-        for ref in inflight:
-            ray.cancel(ref, force=True)
+    finally:  # interrupted (Ctrl-C, a full disk) or done: no worker outlives the run
+        for actor in pool:
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001  (already dead)
+                pass
         if started_here:
             ray.shutdown()
 
@@ -442,6 +446,7 @@ def connect(ray: Any, address: str | None, workers: int, cpus_per_worker: float)
             ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level="ERROR")
         else:
             ray.init(
+                address="local",  # a fresh local Ray even when this machine runs a cluster (--address auto)
                 num_cpus=max(1, int(workers * cpus_per_worker + 0.999)),
                 include_dashboard=False,
                 runtime_env=env,
@@ -474,7 +479,3 @@ def reachable(address: str, timeout: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as err:
         raise ClewError(f"cannot reach the Ray cluster at {address} ({err.strerror or err})") from None
-
-
-def config_dict(config: BatchConfig) -> dict[str, Any]:
-    return asdict(config)

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", required=True, help="the store folder (created, or resumed)")
     p.add_argument("--ray", action="store_true", help="run on a local Ray cluster started for this run")
     p.add_argument(
-        "--address", help="run on the existing Ray cluster at this address (ray://host:10001 or host:6379)"
+        "--address",
+        help="run on the existing Ray cluster at this address (ray://host:10001, host:6379, or auto: the one running on this machine)",
     )
     p.add_argument("--workers", type=int, default=2, help="Ray workers (default: %(default)s)")
     p.add_argument(
