@@ -41,6 +41,8 @@ LEVELS = {
     "qk": 6,
     "intervene": 6,
     "organism": 6,
+    # many graphs: tracing a batch into a store, aggregation, comparison
+    "batch": 7,
     # the user's entry points
     "resolve": 8,
     "commands": 9,
