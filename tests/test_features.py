@@ -281,3 +281,28 @@ def test_every_feature_of_the_demo_graphs_has_examples_and_a_label(organism):
                     record = store.feature(layer, index)
                     assert record.of_kind("top"), f"{layer}/{index} in {prompt!r} has no examples"
                     assert store.label(layer, index)
+
+
+def test_a_labeller_command_through_the_cli(store_path, tmp_path, capsys):
+    import sys
+
+    from clew.cli import main
+
+    path = tmp_path / "copy.sqlite"
+    shutil.copy(store_path, path)
+    script = tmp_path / "labeller.py"
+    script.write_text(
+        "import json, sys\ncard = json.load(sys.stdin)\nprint('cmd', card['layer'], card['feature'])\n"
+    )
+    with FeatureStore.open(path, writable=True) as store:  # keep it quick: one layer's worth of live features
+        with store.conn:
+            store.conn.execute("DELETE FROM features WHERE layer != 0 OR feature >= 3")
+    command = f"{sys.executable} {script}"
+    assert main(["features", "label", "--store", str(path), "--command", command, "--source", "cmd"]) == 0
+    assert main(["features", "label", "--store", str(path), "--auto"]) == 0
+    capsys.readouterr()
+    with FeatureStore.open(path) as store:
+        for f in range(3):
+            if store.feature(0, f).n_active:
+                assert store.labels(0, f)["cmd"] == f"cmd 0 {f}"
+                assert store.label(0, f) == f"cmd 0 {f}"

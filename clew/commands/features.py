@@ -93,7 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument(
         "--python", metavar="MODULE:FUNCTION", help="a callable taking the card dict, returning a label"
     )
-    lab.add_argument("--source", required=True, help="the name the labels are stored under")
+    how.add_argument("--auto", action="store_true", help="recompute the automatic labels (source 'auto')")
+    lab.add_argument("--source", help="the name the labels are stored under (not with --auto)")
     lab.set_defaults(func=run_label)
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
@@ -244,8 +245,15 @@ def run_label(args: argparse.Namespace) -> int:
     import importlib
 
     from clew.errors import ClewError
-    from clew.features.labels import command_labeller, label_with
+    from clew.features.labels import command_labeller, label_with, relabel
 
+    if args.auto:
+        with open_store(args.store, writable=True) as store:
+            n = relabel(store)
+        print(f"recomputed {n:,} automatic labels in {args.store}")
+        return 0
+    if not args.source:
+        raise ClewError("--source NAME is needed: the name the labeller's labels are stored under")
     if args.command:
         labeller = command_labeller(args.command)
     else:

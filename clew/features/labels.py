@@ -8,7 +8,10 @@ The automatic label says what a feature fires on and what it says next, from the
   counted with its activation as weight; the heaviest, up to three, those holding at least a tenth of
   the weight. When no token holds a fifth of it, the feature is about context rather than a token, and
   the label shows the token before the peak instead (``after the``).
-- *says*: the tokens its decoder raises most through the unembedding (its top logit effects), up to two.
+- *says*: the tokens its decoder raises most through the unembedding (its top logit effects), up to
+  two, and only those it raises by at least :data:`SAYS_MIN` nats at its largest activation (effect
+  times ``act_max``): an early feature whose direct effect on the logits is negligible says nothing,
+  rather than a noisy guess.
 
 It is deterministic: the same store gives the same labels. A labeller (``clew features label``) adds
 labels under its own source name; :meth:`FeatureStore.label` prefers them to the automatic one.
@@ -26,6 +29,8 @@ from clew.errors import ClewError
 from clew.features.store import FeatureRecord, FeatureStore
 
 MAX_LEN = 60
+SAYS_MIN = 0.5
+"""A token is in the *says* part when the feature at its maximum raises its logit by this many nats."""
 
 
 def _word(text: str) -> str:
@@ -58,8 +63,10 @@ def fires_on(record: FeatureRecord, texts: dict[int, str], k: int = 3) -> str:
 
 
 def says(record: FeatureRecord, texts: dict[int, str], k: int = 2) -> str:
-    """The tokens the feature's decoder raises most, as ``a/b``."""
-    return "/".join(_word(texts.get(t, str(t))) for t, v in record.top_logits[:k] if v > 0)
+    """The tokens the feature's decoder raises most, as ``a/b`` (see :data:`SAYS_MIN`)."""
+    return "/".join(
+        _word(texts.get(t, str(t))) for t, v in record.top_logits[:k] if v * record.act_max >= SAYS_MIN
+    )
 
 
 def auto_label(record: FeatureRecord, texts: dict[int, str]) -> str:
@@ -74,6 +81,13 @@ def auto_label(record: FeatureRecord, texts: dict[int, str]) -> str:
 def auto_labels(records: Iterable[FeatureRecord], texts: dict[int, str]) -> dict[tuple[int, int], str]:
     """(layer, feature) -> automatic label, for every record."""
     return {(r.layer, r.feature): auto_label(r, texts) for r in records}
+
+
+def relabel(store: FeatureStore) -> int:
+    """Recompute the automatic labels of a (writable) store from its records; returns how many."""
+    labels = auto_labels(store.features(), store.vocab())
+    store.put_labels(labels, "auto")
+    return len(labels)
 
 
 # ----- labellers of one's own -------------------------------------------------------------------------------
