@@ -8,8 +8,10 @@ The automatic label says what a feature fires on and what it says next, from the
   counted with its activation as weight; the heaviest, up to three, those holding at least a tenth of
   the weight. When no token holds a fifth of it, the feature is about context rather than a token, and
   the label shows the token before the peak instead (``after the``).
+- *context*: when the peak tokens are too common to tell (``is``, ``of``, punctuation), the word that
+  at least half the top examples share before their peak comes first: ``capital…is``.
 - *says*: the tokens its decoder raises most through the unembedding (its top logit effects), up to
-  two, and only those it raises by at least :data:`SAYS_MIN` nats at its largest activation (effect
+  three, nothing when the top ten are flat (no token stands out), and only those it raises by at least :data:`SAYS_MIN` nats at its largest activation (effect
   times ``act_max``): an early feature whose direct effect on the logits is negligible says nothing,
   rather than a noisy guess.
 
@@ -62,18 +64,47 @@ def fires_on(record: FeatureRecord, texts: dict[int, str], k: int = 3) -> str:
     return "/".join(_word(texts.get(t, str(t))) for t in chosen)
 
 
-def says(record: FeatureRecord, texts: dict[int, str], k: int = 2) -> str:
-    """The tokens the feature's decoder raises most, as ``a/b`` (see :data:`SAYS_MIN`)."""
-    return "/".join(
-        _word(texts.get(t, str(t))) for t, v in record.top_logits[:k] if v * record.act_max >= SAYS_MIN
-    )
+def says(record: FeatureRecord, texts: dict[int, str], k: int = 3) -> str:
+    """The tokens the feature's decoder raises most, as ``a/b/c`` (see :data:`SAYS_MIN`); nothing when
+    the top logit effects are flat (the tenth within 3% of the first: no token stands out)."""
+    top = record.top_logits
+    if not top or (len(top) >= 10 and top[9][1] >= 0.97 * top[0][1]):
+        return ""
+    return "/".join(_word(texts.get(t, str(t))) for t, v in top[:k] if v * record.act_max >= SAYS_MIN)
+
+
+STOP = {"is", "in", "of", "the", "a", "an", "to", "and", "est", "le", "la", "de", "les", "du", "'s"}
+"""Peak tokens too common to say what a feature is about on their own."""
+
+
+def context_word(record: FeatureRecord, texts: dict[int, str]) -> str:
+    """The word that most top examples share before their peak (at least half of them), when the peak
+    tokens alone are too common to tell (``is``, ``of``, punctuation); else ``""``."""
+    top = [e for e in record.of_kind("top") if e.tokens]
+    if not top:
+        return ""
+    peaks = {texts.get(e.tokens[e.peak], "").strip().lower() for e in top}
+    if not all(len(p) <= 2 or p in STOP for p in peaks):
+        return ""
+    counts: dict[int, int] = {}
+    for e in top:
+        for t in set(e.tokens[: e.peak]):
+            w = texts.get(t, "").strip().lower()
+            if len(w) > 2 and w not in STOP and w.isalpha():
+                counts[t] = counts.get(t, 0) + 1
+    if not counts:
+        return ""
+    t, n = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    return _word(texts.get(t, str(t))) if n * 2 >= len(top) else ""
 
 
 def auto_label(record: FeatureRecord, texts: dict[int, str]) -> str:
     """The automatic label of one feature."""
     if record.n_active == 0:
         return "dead (never active)"
-    on, out = fires_on(record, texts), says(record, texts)
+    on, out, ctx = fires_on(record, texts), says(record, texts), context_word(record, texts)
+    if ctx:
+        on = f"{ctx}…{on}"
     label = f"{on} → {out}" if out else on
     return label if len(label) <= MAX_LEN else label[: MAX_LEN - 1] + "…"
 
