@@ -63,6 +63,9 @@ class Preset:
     """The corpus has at least this many tokens."""
     feature_docs: int = SHIPPED_DOCS
     """Documents of the corpus each dictionary's feature store is collected from (0: no stores)."""
+    feature_kinds: tuple[str, ...] = ("clt",)
+    """The dictionaries that get a feature store (the CLT alone keeps the package's addition near 6 MB;
+    ``clew organism features --dictionary plt`` builds the PLT's)."""
 
 
 FULL = Preset(
