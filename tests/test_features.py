@@ -306,3 +306,30 @@ def test_a_labeller_command_through_the_cli(store_path, tmp_path, capsys):
             if store.feature(0, f).n_active:
                 assert store.labels(0, f)["cmd"] == f"cmd 0 {f}"
                 assert store.label(0, f) == f"cmd 0 {f}"
+
+
+def test_a_run_killed_inside_a_block_resumes_from_its_last_whole_block(
+    store_path, organism, tmp_path, monkeypatch
+):
+    import importlib
+
+    collect_mod = importlib.import_module(
+        "clew.features.collect"
+    )  # the module (the package exports a function of that name)
+    model, tc = organism
+    out = tmp_path / "mid.sqlite"
+    real, calls = collect_mod.update, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # the second block, half done (one batch and 4 layers per block)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collect_mod, "update", dying)
+    with pytest.raises(KeyboardInterrupt):
+        collect(model, tc, OrganismCorpus(), out, CollectConfig(**SETTINGS, checkpoint_seconds=0))
+    monkeypatch.setattr(collect_mod, "update", real)
+    result = collect(model, tc, OrganismCorpus(), out, CollectConfig(**SETTINGS))
+    assert result.resumed
+    assert _tables(out) == _tables(store_path)

@@ -545,6 +545,7 @@ def collect(
     start, last_save = time.perf_counter(), time.perf_counter()
     base_seconds = progress["seconds"]
     docs = corpus.documents(progress["docs"])
+    boundary = True  # the state holds whole blocks only: a checkpoint here resumes exactly
     try:
         while cfg.max_docs is None or progress["docs"] < cfg.max_docs:
             want = cfg.docs_per_block
@@ -553,7 +554,9 @@ def collect(
             block = [d for _, d in zip(range(want), docs)]
             if not block:
                 break
+            boundary = False
             ids = _tokenise(tok, block)
+            block_tokens = 0
             ctxs = [
                 c
                 for doc in ids
@@ -565,12 +568,14 @@ def collect(
                 for layer, a in acts.items():
                     update(states[layer], a, batch, layer, cfg, edges)
                 n = int((batch.lengths - 1).clamp(min=0).sum())
-                progress["tokens"] += n
+                block_tokens += n
                 if bar is not None:
                     bar.update(n)
+            progress["tokens"] += block_tokens
             progress["docs"] += len(block)
             progress["contexts"] += len(ctxs)
             progress["seconds"] = base_seconds + time.perf_counter() - start
+            boundary = True
             if time.perf_counter() - last_save >= cfg.checkpoint_seconds:
                 checkpoint()
                 last_save = time.perf_counter()
@@ -596,7 +601,7 @@ def collect(
     except BaseException:
         if bar is not None:
             bar.close()
-        if "complete" in store.meta and not store.meta["complete"] and progress["tokens"]:
+        if boundary and not store.meta.get("complete") and progress["tokens"]:  # else: the last checkpoint
             try:
                 checkpoint()
             except Exception:
