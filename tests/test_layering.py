@@ -37,6 +37,7 @@ LEVELS = {
     "training": 5,
     "heads": 5,
     "toys": 5,
+    "features": 5,
     # what is built from those: the organism (trained, traced and examined)
     "qk": 6,
     "intervene": 6,

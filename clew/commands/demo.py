@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="trace the embedded model organism's circuits (the main job, on the embedded default)",
         description="Trace the two-hop prompt 'The capital of the state containing Dallas is' and one "
         "prompt of every other task planted in the organism (facts, induction, addition, antonyms). For "
-        "each: the top predictions, the graph's scores, its strongest paths from tokens to the answer, "
-        "and the files: the graph, the viewers' JSON and an SVG picture.",
+        "each: the top predictions, the graph's scores, its most influential features with their labels "
+        "(from the organism's shipped feature store), its strongest paths from tokens to the answer, "
+        "and the files: the graph, the viewers' JSON with the feature files, and an SVG picture.",
     )
     p.add_argument("--out", "-o", default="demo-graphs", help="output folder (default: %(default)s)")
     p.add_argument("--dictionary", choices=["clt", "plt"], default="clt", help="which organism dictionary")
@@ -38,24 +39,49 @@ def demo_prompts() -> list[tuple[str, str]]:
     return chosen
 
 
+def shipped_store(kind: str, tc):
+    """The organism's shipped feature store for dictionary ``kind``, or None when it has none."""
+    from clew.commands.features import default_store_path, open_store
+    from clew.features import fingerprint
+
+    path = default_store_path(kind)
+    return open_store(str(path), fingerprint=fingerprint(tc)) if path.is_file() else None
+
+
 def run(args: argparse.Namespace) -> int:
     from clew.assets import ORGANISM
     from clew.attribution import analyze, describe_path, export_json, render_svg, strongest_paths, trace
     from clew.attribution.export import slug_from
     from clew.attribution.labels import promoted_token_labels
+    from clew.commands.features import VIEWER_BASE, graph_labels, write_graph_features
+    from clew.commands.trace import top_features
     from clew.resolve import load_model_and_dictionary
 
     model, tc = load_model_and_dictionary(ORGANISM.name, str(ORGANISM.dictionary_path(args.dictionary)))
+    store = shipped_store(args.dictionary, tc)
     out = Path(args.out)
     pictures = []
     for task, prompt in demo_prompts():
         graph = trace(model, tc, prompt, max_feature_nodes=args.max_feature_nodes, progress=False)
         analysis = analyze(graph)
         pruned, full, kept = analysis.pruned, analysis.scores, analysis.pruned_scores
-        labels = promoted_token_labels(model, tc, graph)
         slug = slug_from(prompt)
         graph.save(out / f"{slug}.safetensors")
-        export_json(graph, analysis, out, slug, labels=labels)
+        if store is not None:
+            labels = graph_labels(store, graph)
+            write_graph_features(store, graph, pruned.node_mask, out)
+            export_json(
+                graph,
+                analysis,
+                out,
+                slug,
+                labels=labels,
+                feature_json_base_url=VIEWER_BASE,
+                model_id=VIEWER_BASE,
+            )
+        else:
+            labels = promoted_token_labels(model, tc, graph)
+            export_json(graph, analysis, out, slug, labels=labels)
         picture = render_svg(graph, pruned, out / f"{slug}.svg", labels=labels)
         pictures.append(picture)
         top = ", ".join(
@@ -68,10 +94,18 @@ def run(args: argparse.Namespace) -> int:
             f"kept; replacement {full.replacement:.2f}, completeness {full.completeness:.2f} "
             f"(pruned: {kept.replacement:.2f}, {kept.completeness:.2f}); {graph.settings['seconds']:.2f} s"
         )
+        if store is not None:
+            print("  most influential features:")
+            for line in top_features(graph, analysis, labels, k=5):
+                print("    " + line)
         for path in strongest_paths(graph, pruned, k=3):
             print("  path:", describe_path(graph, path, labels))
     experiment(model, tc)
     print(f"\nwrote the graphs, viewer JSON and pictures to {out}/")
+    if store is not None:
+        print(f"labels and feature files ({out}/features/) from {store.path}")
+    else:
+        print("labels: the tokens each feature promotes (this organism ships no feature store)")
     if args.open:
         import webbrowser
 

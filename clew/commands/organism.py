@@ -11,6 +11,7 @@ examples:
   clew organism build --tiny --out /tmp/org  # a miniature one in under a minute (what the tests build)
   clew organism eval                         # grade the shipped organism on its planted tasks
   clew organism text --kind induction -o stories.txt   # its training text, e.g. for clew heads --text
+  clew organism features --dictionary clt    # (re)collect the shipped clt's feature store
 
 --ship writes into the package (clew/assets/organism) and the report to docs/organism.md."""
 
@@ -75,7 +76,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--seed", type=int, default=0, help="seed of the corpus (default: %(default)s)")
     t.set_defaults(func=run_text)
+    f = verbs.add_parser(
+        "features",
+        help="collect the feature stores of a built organism's dictionaries (no retraining)",
+        description="Collect each dictionary's feature store (clew features) from the organism's own "
+        "corpus into <dictionary>/features.sqlite: what `clew organism build` does after training, for an "
+        "organism already built. A killed run resumes.",
+    )
+    f.add_argument("--model", "-m", help="an organism folder (default: the shipped one)")
+    f.add_argument("--dictionary", choices=("clt", "plt"), action="append", help="which (default: both)")
+    f.add_argument("--documents", "-n", type=int, help="documents of the corpus (default: as shipped)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the corpus (default: %(default)s)")
+    f.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.set_defaults(func=run_features)
     p.set_defaults(func=lambda args: p.print_help() or 0)
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from clew.assets import ORGANISM
+    from clew.organism.features import SHIPPED_DOCS, build_stores
+
+    folder = Path(args.model) if args.model else ORGANISM.model_path()
+    written = build_stores(
+        folder,
+        tuple(args.dictionary or ("clt", "plt")),
+        seed=args.seed,
+        max_docs=args.documents or SHIPPED_DOCS,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def _docs_folder() -> Path | None:

@@ -14,6 +14,7 @@ examples:
   clew trace "The capital of the state containing Dallas is" --model organism
   clew trace "Fact: the capital of France is" --model smollm2-135m --dictionary ./tc --max-feature-nodes 1024
   clew trace "The opposite of small is" --model organism --contrast " large" " big" --verify 64
+  clew trace "Fact: the capital of France is" --model smollm2-135m --dictionary ./tc --features tc.sqlite
 
 writes DIR/<slug>.safetensors (the whole graph: clew.Graph.load reads it), DIR/<slug>.json and
 DIR/graph-metadata.json (the viewers' format, pruned at --node-threshold / --edge-threshold)."""
@@ -71,6 +72,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verify", type=int, default=0, metavar="N", help="check N random sources' edges by perturbation"
     )
+    p.add_argument(
+        "--features",
+        metavar="STORE",
+        help="a feature store of this dictionary (clew features collect): its labels name the graph's "
+        "features and its examples go to DIR/features/ (default: the organism's, for the organism)",
+    )
+    p.add_argument(
+        "--local-viewer",
+        action="store_true",
+        help="set the graph's scan to its feature files, so circuit-tracer's local page shows the "
+        "feature panels (leave off for Neuronpedia uploads, whose scan must be a hosted model)",
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -81,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clew.attribution import analyze, trace
     from clew.attribution.export import check_slug, export_json, slug_from
+    from clew.commands.features import VIEWER_BASE, graph_labels, write_graph_features
     from clew.errors import ClewError
     from clew.resolve import load_model_and_dictionary
 
@@ -106,8 +120,22 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     graph.save(out / f"{slug}.safetensors")
     analysis = analyze(graph, args.node_threshold, args.edge_threshold)
-    json_path = export_json(graph, analysis, out, slug)
-    print(report(graph, analysis))
+    store = feature_store(args, dictionary)
+    labels = graph_labels(store, graph) if store is not None else None
+    base = None
+    if store is not None:
+        write_graph_features(store, graph, analysis.pruned.node_mask, out)
+        base = VIEWER_BASE
+    json_path = export_json(
+        graph,
+        analysis,
+        out,
+        slug,
+        labels=labels,
+        feature_json_base_url=base,
+        model_id=base if args.local_viewer and base else None,
+    )
+    print(report(graph, analysis, labels))
     if args.verify:
         from clew.attribution.verify import check_graph
 
@@ -120,8 +148,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(graph: Graph, analysis: Analysis) -> str:
-    """The top predictions, the graph's size and scores, as printed by ``clew trace``."""
+def feature_store(args: argparse.Namespace, dictionary):
+    """The store of ``--features`` (checked against the dictionary), the organism's own store when tracing
+    the organism with its shipped dictionary, or None."""
+    from clew.commands.features import open_store
+    from clew.features import fingerprint
+
+    if args.features:
+        return open_store(args.features, fingerprint=fingerprint(dictionary))
+    if args.local_viewer:
+        from clew.errors import ClewError
+
+        raise ClewError("--local-viewer needs --features STORE (the feature files it points to)")
+    if args.model.lower() == "organism":
+        from clew.assets import ORGANISM
+        from clew.organism.features import STORE_NAME
+
+        path = Path(dictionary.source) / STORE_NAME
+        if path.is_file() and Path(dictionary.source).parent == ORGANISM.folder:
+            return open_store(str(path), fingerprint=fingerprint(dictionary))
+    return None
+
+
+def report(graph: Graph, analysis: Analysis, labels: dict[int, str] | None = None, k: int = 10) -> str:
+    """The top predictions, the graph's size and scores, as printed by ``clew trace``; with labels, the
+    ``k`` most influential kept features and their labels."""
     pruned, full, kept = analysis.pruned, analysis.scores, analysis.pruned_scores
     lines = [f"prompt: {graph.prompt!r} ({graph.n_pos} tokens)", "top predictions:"]
     for label, prob in zip(graph.logit_labels, graph.logit_probs.tolist()):
@@ -134,4 +185,19 @@ def report(graph: Graph, analysis: Analysis) -> str:
         f"scores: replacement {full.replacement:.3f}, completeness {full.completeness:.3f} "
         f"(pruned graph: {kept.replacement:.3f}, {kept.completeness:.3f})",
     ]
+    if labels:
+        lines.append("most influential features (layer/feature@position: label):")
+        lines += ["  " + line for line in top_features(graph, analysis, labels, k)]
     return "\n".join(lines)
+
+
+def top_features(graph: Graph, analysis: Analysis, labels: dict[int, str], k: int = 10) -> list[str]:
+    """The ``k`` kept feature nodes of highest influence, as ``layer/feature@pos 'token': label``."""
+    influence = analysis.pruned.influence
+    nodes = [n for n in range(graph.n_features) if bool(analysis.pruned.node_mask[n])]
+    nodes.sort(key=lambda n: -float(influence[n]))
+    out = []
+    for n in nodes[:k]:
+        layer, pos, index = (int(v) for v in graph.features[n])
+        out.append(f"{layer}/{index}@{pos} {graph.token_strings[pos]!r}: {labels.get(n, '')}")
+    return out

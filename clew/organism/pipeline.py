@@ -28,6 +28,7 @@ from clew.organism import corpus as corpus_mod
 from clew.organism import world
 from clew.organism.dictionaries import DictionarySpec, train_dictionaries
 from clew.organism.evaluation import FLOORS, ExamScores, examine, greedy_judge
+from clew.organism.features import SHIPPED_DOCS, build_stores
 from clew.organism.tokenizer import save_tokenizer, single_token_fraction, special_ids, train_tokenizer
 from clew.organism.train_model import (
     ModelShape,
@@ -60,6 +61,11 @@ class Preset:
     dictionaries: list[DictionarySpec] = field(default_factory=list)
     min_tokens: int = 0
     """The corpus has at least this many tokens."""
+    feature_docs: int = SHIPPED_DOCS
+    """Documents of the corpus each dictionary's feature store is collected from (0: no stores)."""
+    feature_kinds: tuple[str, ...] = ("clt",)
+    """The dictionaries that get a feature store (the CLT alone keeps the package's addition near 6 MB;
+    ``clew organism features --dictionary plt`` builds the PLT's)."""
 
 
 FULL = Preset(
@@ -86,6 +92,7 @@ TINY = Preset(
         DictionarySpec("clt", n_features=128, k=8, steps=12, batch_size=512, ctx_len=64, eval_contexts=4),
         DictionarySpec("plt", n_features=128, k=8, steps=12, batch_size=512, ctx_len=64, eval_contexts=4),
     ],
+    feature_docs=100,
 )
 TINY_STEPS = 40
 FULL_STEPS = 1800
@@ -259,6 +266,13 @@ def _build_into(
             progress=progress,
         )
         times["dictionaries"] = round(time.perf_counter() - t, 1)
+        if preset.feature_docs:  # what each feature means, shipped beside each dictionary
+            t = time.perf_counter()
+            kinds = tuple(spec.kind for spec in preset.dictionaries)
+            build_stores(
+                folder, kinds, seed=seed, max_docs=preset.feature_docs, device=device, progress=progress
+            )
+            times["feature_stores"] = round(time.perf_counter() - t, 1)
     demo = smoke_trace(loaded, folder / "clt") if (folder / "clt" / "config.yaml").is_file() else None
     params = sum(p.numel() for p in model.parameters())
     answers = [s.name for s in world.US_STATES] + [c for c, _ in world.cities()]

@@ -1,0 +1,696 @@
+"""Collecting a feature store: run a model and its dictionary's encoders over a corpus, keep per feature
+its top contexts, a uniform sample of its non-zero activations, its statistics and histogram.
+
+Memory is bounded whatever the corpus: per layer a few ``[F, K]`` and ``[F, K, W]`` tensors (the
+running top-K and sample, each with its window of tokens and activations), ``[F, bins]`` histogram
+counts and ``[F]`` sums; nothing grows with the number of tokens.
+
+How the corpus becomes batches, and why the result does not depend on where a run was killed:
+
+1. Documents are read in *blocks* of ``docs_per_block``. Each document becomes ``[BOS] + tokens``, cut
+   into *contexts* of at most ``ctx_len`` tokens (a continuation starts again with BOS). Contexts never
+   cross documents, so an example is the start of its own document: what the model saw is exactly
+   what is shown, and recomputing it needs nothing else.
+2. A block's contexts are numbered in corpus order, sorted by length (stable) and cut into batches of
+   about ``batch_tokens`` tokens (padding is masked out).
+3. After a block, and at most every ``checkpoint_seconds``, the whole state is written into the
+   store's ``state`` table with the number of documents done. A resumed run skips those documents and
+   continues with the same blocks, batches and state: it computes exactly what the uninterrupted run did.
+
+Per context and feature, the *top* candidate is the context's largest activation (one example per
+context); the *random* sample keeps the non-zero (token, feature) activations with the smallest
+pseudo-random priorities, a hash of (context, position, feature, layer, seed): a uniform sample
+without replacement, the same in every run. The BOS position is left out of everything (its
+activations are an artefact of the attention sink) and shown with activation 0 in windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clew.dictionaries import Transcoder
+from clew.errors import ClewError
+from clew.features.store import Example, FeatureRecord, FeatureStore
+from clew.models import Transformer
+from clew.models.points import read_input
+
+_M = 2**31 - 1  # the priority hash's modulus (a prime); also "no sample here"
+
+
+class Corpus(Protocol):
+    """Documents that can be read again from any document number."""
+
+    name: str
+    """What the corpus is, recorded in the store (a path or a built-in name)."""
+
+    def documents(self, start: int) -> Iterator[str]:
+        """The documents from number ``start`` on, in order."""
+        ...
+
+
+@dataclass
+class CollectConfig:
+    """How a feature store is collected. Fields that change the result are recorded in the store and
+    must match when a collection is resumed."""
+
+    ctx_len: int = 128
+    """Longest context (tokens, BOS included); longer documents are cut into several contexts."""
+    n_top: int = 10
+    """Top-activating contexts kept per feature (one example per context)."""
+    n_random: int = 12
+    """Non-zero activations kept per feature as a uniform sample (the quantile and random examples)."""
+    before: int = 16
+    """Tokens shown before an example's peak (fewer at the start of a document)."""
+    after: int = 3
+    """Tokens shown after an example's peak."""
+    n_logits: int = 10
+    """Top and bottom logit effects kept per feature."""
+    hist_bins: int = 96
+    """Log-spaced histogram bins between ``hist_lo`` and ``hist_hi`` (values outside fall in the end bins)."""
+    hist_lo: float = 1e-3
+    """Lower edge of the histogram (activation units)."""
+    hist_hi: float = 1e3
+    """Upper edge of the histogram."""
+    docs_per_block: int = 256
+    """Documents read, batched and checkpointed together."""
+    max_docs: int | None = None
+    """Stop after this many documents (``None``: the whole corpus)."""
+    seed: int = 0
+    """Seed of the random sample's priorities."""
+    batch_tokens: int | None = None
+    """Tokens per forward pass, padding included (default: 4,096 on a CPU, 32,768 on CUDA). It does not
+    change the result beyond float rounding of batched products, but it is recorded."""
+    checkpoint_seconds: float = 60.0
+    """Write the state into the store at most this often (and at the end)."""
+    threads: int | None = None
+    """CPU threads (default: every core); ignored on CUDA."""
+    device: str | None = None
+    """``cpu`` or ``cuda`` (default: CUDA when present)."""
+    progress: bool = True
+    """Show a progress bar with tokens per second."""
+
+    RESULT_FIELDS = (
+        "ctx_len",
+        "n_top",
+        "n_random",
+        "before",
+        "after",
+        "n_logits",
+        "hist_bins",
+        "hist_lo",
+        "hist_hi",
+        "docs_per_block",
+        "max_docs",
+        "seed",
+        "batch_tokens",
+    )
+
+    def result_settings(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.RESULT_FIELDS}
+
+    @property
+    def width(self) -> int:
+        return self.before + 1 + self.after
+
+    def check(self) -> None:
+        if self.ctx_len < 2:
+            raise ClewError(f"ctx_len must be at least 2, got {self.ctx_len}")
+        if min(self.n_top, self.n_random, self.n_logits, self.hist_bins, self.docs_per_block) < 1:
+            raise ClewError("n_top, n_random, n_logits, hist_bins and docs_per_block must be positive")
+        if not 0 < self.hist_lo < self.hist_hi:
+            raise ClewError(f"histogram range must satisfy 0 < lo < hi, got {self.hist_lo}, {self.hist_hi}")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise ClewError(f"max_docs must be positive, got {self.max_docs}")
+
+
+def fingerprint(tc: Transcoder) -> str:
+    """A short hash that identifies a dictionary: its configuration, biases, thresholds and the first
+    rows of every encoder (enough to tell two dictionaries apart without hashing gigabytes)."""
+    h = hashlib.sha256(
+        json.dumps({k: v for k, v in tc.cfg.to_dict().items() if k != "extra"}, sort_keys=True).encode()
+    )
+    for t in (tc.W_enc[:, :64], tc.b_enc, tc.threshold, tc.b_dec):
+        if t is not None:
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----- the per-layer state -------------------------------------------------------------------------------
+
+
+class LayerState:
+    """Everything kept for one layer's features while collecting."""
+
+    NAMES = (
+        "n_active",
+        "total",
+        "act_max",
+        "act_min",
+        "hist",
+        "top_val",
+        "top_ctx",
+        "top_pos",
+        "top_tok",
+        "top_act",
+        "rnd_pri",
+        "rnd_val",
+        "rnd_ctx",
+        "rnd_pos",
+        "rnd_tok",
+        "rnd_act",
+    )
+
+    def __init__(self, F: int, cfg: CollectConfig, device: torch.device):
+        K, R, W, dev = cfg.n_top, cfg.n_random, cfg.width, device
+        self.n_active = torch.zeros(F, dtype=torch.int64, device=dev)
+        self.total = torch.zeros(F, dtype=torch.float64, device=dev)
+        self.act_max = torch.zeros(F, device=dev)
+        self.act_min = torch.full((F,), math.inf, device=dev)
+        self.hist = torch.zeros(F, cfg.hist_bins, dtype=torch.int64, device=dev)
+        self.top_val = torch.full((F, K), -math.inf, device=dev)
+        self.top_ctx = torch.full((F, K), -1, dtype=torch.int64, device=dev)
+        self.top_pos = torch.zeros(F, K, dtype=torch.int64, device=dev)
+        self.top_tok = torch.full((F, K, W), -1, dtype=torch.int64, device=dev)
+        self.top_act = torch.zeros(F, K, W, device=dev)
+        self.rnd_pri = torch.full((F, R), _M, dtype=torch.int64, device=dev)
+        self.rnd_val = torch.zeros(F, R, device=dev)
+        self.rnd_ctx = torch.full((F, R), -1, dtype=torch.int64, device=dev)
+        self.rnd_pos = torch.zeros(F, R, dtype=torch.int64, device=dev)
+        self.rnd_tok = torch.full((F, R, W), -1, dtype=torch.int64, device=dev)
+        self.rnd_act = torch.zeros(F, R, W, device=dev)
+
+    def to_bytes(self) -> dict[str, bytes]:
+        out = {}
+        for name in self.NAMES:
+            t = getattr(self, name).cpu().contiguous()
+            head = json.dumps({"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}).encode()
+            out[name] = len(head).to_bytes(4, "little") + head + t.numpy().tobytes()
+        return out
+
+    def load(self, blobs: dict[str, bytes]) -> None:
+        for name in self.NAMES:
+            raw = blobs[name]
+            n = int.from_bytes(raw[:4], "little")
+            head = json.loads(raw[4 : 4 + n])
+            arr = np.frombuffer(raw, dtype=head["dtype"], offset=4 + n).reshape(head["shape"]).copy()
+            cur = getattr(self, name)
+            setattr(self, name, torch.from_numpy(arr).to(cur.device))
+
+
+# ----- batches ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    tokens: Tensor
+    """``[B, P]`` token ids (padding: 0)."""
+    lengths: Tensor
+    """``[B]`` real tokens per row."""
+    contexts: Tensor
+    """``[B]`` context numbers."""
+
+
+def contexts_of(ids: list[int], bos: int | None, ctx_len: int) -> list[list[int]]:
+    """A document's token ids (its BOS included) cut into contexts; each continuation starts with BOS."""
+    if bos is None or len(ids) <= ctx_len:
+        return [ids[i : i + ctx_len] for i in range(0, len(ids), ctx_len)]
+    out, body = [ids[:ctx_len]], ids[ctx_len:]
+    step = ctx_len - 1
+    out += [[bos, *body[i : i + step]] for i in range(0, len(body), step)]
+    return out
+
+
+def batches(contexts: list[list[int]], first: int, batch_tokens: int) -> list[Batch]:
+    """One block's contexts (numbered from ``first``) sorted by length and cut into padded batches."""
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+    out, i = [], 0
+    while i < len(order):
+        P = len(contexts[order[i]])
+        rows = max(1, batch_tokens // P)
+        chunk = order[i : i + rows]
+        toks = torch.zeros(len(chunk), P, dtype=torch.long)
+        for r, j in enumerate(chunk):
+            toks[r, : len(contexts[j])] = torch.tensor(contexts[j])
+        out.append(
+            Batch(
+                toks,
+                torch.tensor([len(contexts[j]) for j in chunk]),
+                torch.tensor([first + j for j in chunk], dtype=torch.long),
+            )
+        )
+        i += rows
+    return out
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Reader:
+    """An MLP replacement that keeps what the dictionary reads and stops after the last layer needed."""
+
+    def __init__(self, model: Transformer, tc: Transcoder):
+        self.model, self.tc = model, tc
+        self.write = tc.cfg.write
+        self.inputs: dict[int, Tensor] = {}
+
+    def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
+        if layer in self.tc.layers:
+            self.inputs[layer] = read_input(self.tc.cfg.read, resid_mid, mlp_in)
+            if layer == self.tc.layers[-1]:
+                raise _Stop
+        return self.model.mlp_branch(layer, mlp_in, self.write)
+
+
+@torch.inference_mode()
+def feature_activations(model: Transformer, tc: Transcoder, tokens: Tensor) -> dict[int, Tensor]:
+    """layer -> ``[B, P, F]`` activations of every feature on ``tokens`` ``[B, P]`` (encoders only)."""
+    reader = _Reader(model, tc)
+    try:
+        model.run(tokens, mlp=reader)
+    except _Stop:
+        pass
+    return {layer: tc.encode(layer, reader.inputs[layer]).float() for layer in tc.layers}
+
+
+# ----- one batch into the state ----------------------------------------------------------------------------
+
+
+def _priorities(ctx: Tensor, pos: Tensor, feat: Tensor, layer: int, seed: int) -> Tensor:
+    """Pseudo-random int64 priorities in ``[0, _M)`` of (context, position, feature) triples (1-d tensors)."""
+    h = (ctx * 4099 + pos) % _M
+    h = (h * 1103515245 + 12345 + seed * 2654435 + layer * 97) % _M
+    h = (h * 48271 + feat * 69621 + 7) % _M
+    h = (h * 16807 + 40692) % _M
+    return (h * 39373 + 1) % _M
+
+
+def _windows(
+    acts: Tensor, tokens: Tensor, lengths: Tensor, b: Tensor, p: Tensor, f: Tensor, before: int, after: int
+) -> tuple[Tensor, Tensor]:
+    """For entries (row ``b``, position ``p``, feature ``f``), 1-d each: the window's tokens ``[m, W]``
+    (-1 outside the context) and the feature's activations there."""
+    offs = torch.arange(-before, after + 1, device=acts.device)
+    pos = p[:, None] + offs  # [m, W]
+    valid = (pos >= 0) & (pos < lengths[b][:, None])
+    pc = pos.clamp(0, acts.shape[1] - 1)
+    bb = b[:, None].expand_as(pc)
+    tok = torch.where(valid, tokens[bb, pc], -1)
+    act = torch.where(valid, acts[bb, pc, f[:, None].expand_as(pc)], 0.0)
+    return tok, act
+
+
+def _candidates(
+    keep: Tensor, b: Tensor, p: Tensor, acts: Tensor, tokens: Tensor, lengths: Tensor, cfg: CollectConfig
+) -> tuple[Tensor, Tensor]:
+    """Windows ``[F, k, W]`` for the candidates ``[F, k]`` where ``keep`` holds (the others: empty)."""
+    F, k = keep.shape
+    tok = torch.full((F, k, cfg.width), -1, dtype=torch.int64, device=acts.device)
+    act = torch.zeros(F, k, cfg.width, device=acts.device)
+    fi, ji = keep.nonzero(as_tuple=True)
+    if fi.numel():
+        tok[fi, ji], act[fi, ji] = _windows(
+            acts, tokens, lengths, b[fi, ji], p[fi, ji], fi, cfg.before, cfg.after
+        )
+    return tok, act
+
+
+@torch.inference_mode()
+def update(
+    state: LayerState, acts: Tensor, batch: Batch, layer: int, cfg: CollectConfig, edges: Tensor
+) -> None:
+    """Fold one batch's activations ``[B, P, F]`` of one layer into ``state`` (``acts`` is zeroed in place
+    at BOS and padding). The work is on the non-zero entries, except one max over positions."""
+    B, P, F = acts.shape
+    dev = acts.device
+    tokens, lengths, ctx = batch.tokens.to(dev), batch.lengths.to(dev), batch.contexts.to(dev)
+    acts[:, 0] = 0.0  # BOS left out
+    for b in (lengths < P).nonzero().flatten().tolist():
+        acts[b, int(lengths[b]) :] = 0.0
+    flat = acts.view(-1)
+    where = (flat > 0).nonzero().flatten()  # indices into [B, P, F]
+    values = flat[where]
+    f = where % F
+    bp = where // F  # row * P + position
+    # statistics and histogram
+    state.n_active += torch.bincount(f, minlength=F)
+    state.total.index_add_(0, f, values.double())
+    state.act_max.scatter_reduce_(0, f, values, "amax")
+    state.act_min.scatter_reduce_(0, f, values, "amin")
+    bins = torch.bucketize(values, edges).clamp(0, cfg.hist_bins - 1)
+    state.hist += torch.bincount(f * cfg.hist_bins + bins, minlength=F * cfg.hist_bins).view(F, cfg.hist_bins)
+    # top contexts: each context's peak per feature, the best K of this batch, merged with the state;
+    # windows are gathered only for candidates that beat the state's K-th best
+    peak, arg = acts.max(dim=1)  # [B, F]
+    k = min(cfg.n_top, B)
+    cv, cb = peak.topk(k, dim=0)  # [k, F]
+    cv, cb = cv.T, cb.T  # [F, k]
+    cp = arg.gather(0, cb.T).T  # [F, k]
+    enter = (cv > 0) & (cv > state.top_val[:, -1:])
+    if enter.any():
+        ctok, cact = _candidates(enter, cb, cp, acts, tokens, lengths, cfg)
+        cv = torch.where(enter, cv, -math.inf)
+        _merge_top(state, cv, torch.where(enter, ctx[cb], -1), cp, ctok, cact, cfg.n_top)
+    # the random sample: per feature, the non-zero entries with the smallest priorities (only those
+    # below the state's largest kept priority can enter)
+    R = cfg.n_random
+    pri = _priorities(ctx[bp // P], bp % P, f, layer, cfg.seed)
+    open_ = pri < state.rnd_pri.amax(1)[f]
+    if not open_.any():
+        return
+    pri, f, bp, values = pri[open_], f[open_], bp[open_], values[open_]
+    order = torch.argsort(f * _M + pri)  # by feature, then priority
+    fs = f[order]
+    first = torch.searchsorted(fs, torch.arange(F, device=dev))
+    rank = torch.arange(len(fs), device=dev) - first[fs]
+    keep = order[rank < R]
+    slot = fs[rank < R] * R + rank[rank < R]
+    rp = torch.full((F * R,), _M, dtype=torch.int64, device=dev).index_put_((slot,), pri[keep]).view(F, R)
+    ri = torch.zeros(F * R, dtype=torch.int64, device=dev).index_put_((slot,), bp[keep]).view(F, R)
+    rv = torch.zeros(F * R, device=dev).index_put_((slot,), values[keep]).view(F, R)
+    rb, rpos = ri // P, ri % P
+    rtok, ract = _candidates(rp < _M, rb, rpos, acts, tokens, lengths, cfg)
+    _merge_random(state, rp, rv, torch.where(rp < _M, ctx[rb], -1), rpos, rtok, ract, R)
+
+
+def _merge_top(s: LayerState, v: Tensor, c: Tensor, p: Tensor, tok: Tensor, act: Tensor, K: int) -> None:
+    allv = torch.cat([s.top_val, v], 1)
+    best = allv.topk(K, dim=1).indices  # [F, K], sorted by value, descending
+    s.top_val = allv.gather(1, best)
+    s.top_ctx = torch.cat([s.top_ctx, c], 1).gather(1, best)
+    s.top_pos = torch.cat([s.top_pos, p], 1).gather(1, best)
+    idx = best[:, :, None].expand(-1, -1, tok.shape[2])
+    s.top_tok = torch.cat([s.top_tok, tok], 1).gather(1, idx)
+    s.top_act = torch.cat([s.top_act, act], 1).gather(1, idx)
+
+
+def _merge_random(
+    s: LayerState, pri: Tensor, v: Tensor, c: Tensor, p: Tensor, tok: Tensor, act: Tensor, R: int
+) -> None:
+    allp = torch.cat([s.rnd_pri, pri], 1)
+    best = allp.topk(R, dim=1, largest=False).indices
+    s.rnd_pri = allp.gather(1, best)
+    s.rnd_val = torch.cat([s.rnd_val, v], 1).gather(1, best)
+    s.rnd_ctx = torch.cat([s.rnd_ctx, c], 1).gather(1, best)
+    s.rnd_pos = torch.cat([s.rnd_pos, p], 1).gather(1, best)
+    idx = best[:, :, None].expand(-1, -1, tok.shape[2])
+    s.rnd_tok = torch.cat([s.rnd_tok, tok], 1).gather(1, idx)
+    s.rnd_act = torch.cat([s.rnd_act, act], 1).gather(1, idx)
+
+
+# ----- logit effects ---------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def logit_effects(
+    model: Transformer, tc: Transcoder, layer: int, k: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The direct effect on the logits of one unit of each feature of ``layer``: its decoder vectors
+    summed over every layer it writes to (for a CLT: all layers from its own to the last; the sum is
+    what reaches the final residual stream), each through that layer's post-MLP norm weight when the
+    dictionary writes before one, then the final norm's weight (its scale left out) and the
+    unembedding, centred over the vocabulary. Returns top values, top tokens, bottom values, bottom
+    tokens, each ``[F, k]``."""
+    dev = model.unembed.weight.device
+    total = None
+    for dst in tc.dst_layers(layer):
+        w = tc.decoder_weights(layer, dst).to(dev).float()  # [F, d]
+        post = model.blocks[dst].mlp_post
+        if post is not None and tc.cfg.write == "mlp_out":
+            w = w * (post.weight.float() + post.offset)
+        total = w if total is None else total + w
+    assert total is not None
+    total = total * (model.ln_final.weight.float() + model.ln_final.offset)
+    U = model.unembed.weight.float()  # [V, d]
+    out: list[list[Tensor]] = [[], [], [], []]
+    for i in range(0, total.shape[0], 256):
+        logits = total[i : i + 256] @ U.T
+        logits = logits - logits.mean(-1, keepdim=True)
+        tv, ti = logits.topk(k, dim=-1)
+        bv, bi = logits.topk(k, dim=-1, largest=False)
+        for j, t in enumerate((tv, ti, bv, bi)):
+            out[j].append(t.cpu())
+    tv, ti, bv, bi = (torch.cat(parts) for parts in out)
+    return tv, ti, bv, bi
+
+
+# ----- the whole collection ----------------------------------------------------------------------------------
+
+
+@dataclass
+class CollectResult:
+    path: Path
+    n_docs: int
+    n_contexts: int
+    n_tokens: int
+    seconds: float
+    resumed: bool
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds else 0.0
+
+
+def collect(
+    model: Transformer,
+    tc: Transcoder,
+    corpus: Corpus,
+    out: str | Path,
+    cfg: CollectConfig | None = None,
+    *,
+    model_name: str | None = None,
+    dictionary_name: str | None = None,
+    on_block: Callable[[int], None] | None = None,
+) -> CollectResult:
+    """Collect the feature store of ``tc`` on ``model`` over ``corpus`` into ``out`` (an SQLite file).
+
+    The store is built in ``out.partial`` and renamed to ``out`` when complete; if ``out.partial``
+    exists (a killed run), collection resumes from its last checkpoint. ``on_block(docs_done)`` is
+    called after every block (tests use it to stop a run).
+    """
+    from clew.features.labels import auto_labels
+
+    cfg = cfg or CollectConfig()
+    cfg.check()
+    out = Path(out)
+    if out.exists() and not out.is_file():
+        raise ClewError(f"{out}: not a file")
+    tc.check_compatible(model.cfg)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if cfg.batch_tokens is None:
+        cfg.batch_tokens = 32768 if device.type == "cuda" else 4096
+    model.to(device)
+    tc.to(device)
+    tok = model.tokenizer
+    if tok is None:
+        raise ClewError(f"{model.name}: the model has no tokenizer; collecting needs one to read text")
+    bos = getattr(tok, "bos_token_id", None)
+    F = tc.cfg.n_features
+    settings = cfg.result_settings()
+    meta = {
+        "model": model_name or model.name,
+        "dictionary": dictionary_name or tc.source,
+        "dictionary_fingerprint": fingerprint(tc),
+        "dictionary_kind": tc.cfg.kind,
+        "layers": tc.layers,
+        "n_features": F,
+        "corpus": corpus.name,
+        "settings": settings,
+        "hist_edges": [float(x) for x in np.geomspace(cfg.hist_lo, cfg.hist_hi, cfg.hist_bins - 1)],
+        "complete": False,
+    }
+    partial = out.with_name(out.name + ".partial")
+    resumed = partial.exists()
+    if resumed:
+        store = FeatureStore(partial, _open_partial(partial))
+        for key in ("dictionary_fingerprint", "settings", "corpus", "layers", "n_features"):
+            if store.meta.get(key) != meta[key]:
+                store.close()
+                raise ClewError(
+                    f"{partial}: an unfinished collection with another {key.replace('_', ' ')}; delete it "
+                    "or collect with the same settings"
+                )
+    else:
+        store = FeatureStore.create(partial, meta)
+    edges = torch.tensor(meta["hist_edges"], device=device, dtype=torch.float32)
+    states = {layer: LayerState(F, cfg, device) for layer in tc.layers}
+    progress = {"docs": 0, "contexts": 0, "tokens": 0, "seconds": 0.0, "vocab": []}
+    if resumed and store.get_state("progress") is not None:
+        progress = json.loads(store.get_state("progress") or b"{}")
+        for layer, st in states.items():
+            st.load({n: store.get_state(f"{layer}.{n}") or b"" for n in LayerState.NAMES})
+    seen_tokens: set[int] = set(progress["vocab"])
+
+    def checkpoint() -> None:
+        blobs = {f"{layer}.{n}": b for layer, st in states.items() for n, b in st.to_bytes().items()}
+        progress["vocab"] = sorted(seen_tokens)
+        blobs["progress"] = json.dumps(progress).encode()
+        store.put_state(blobs)
+
+    bar = _bar(cfg, progress["tokens"])
+    start, last_save = time.perf_counter(), time.perf_counter()
+    base_seconds = progress["seconds"]
+    docs = corpus.documents(progress["docs"])
+    boundary = True  # the state holds whole blocks only: a checkpoint here resumes exactly
+    try:
+        while cfg.max_docs is None or progress["docs"] < cfg.max_docs:
+            want = cfg.docs_per_block
+            if cfg.max_docs is not None:
+                want = min(want, cfg.max_docs - progress["docs"])
+            block = [d for _, d in zip(range(want), docs)]
+            if not block:
+                break
+            boundary = False
+            ids = _tokenise(tok, block)
+            block_tokens = 0
+            ctxs = [
+                c
+                for doc in ids
+                for c in contexts_of([bos, *doc] if bos is not None else doc, bos, cfg.ctx_len)
+            ]
+            for batch in batches(ctxs, progress["contexts"], cfg.batch_tokens):
+                seen_tokens.update(batch.tokens.unique().tolist())
+                acts = feature_activations(model, tc, batch.tokens.to(device))
+                for layer, a in acts.items():
+                    update(states[layer], a, batch, layer, cfg, edges)
+                n = int((batch.lengths - 1).clamp(min=0).sum())
+                block_tokens += n
+                if bar is not None:
+                    bar.update(n)
+            progress["tokens"] += block_tokens
+            progress["docs"] += len(block)
+            progress["contexts"] += len(ctxs)
+            progress["seconds"] = base_seconds + time.perf_counter() - start
+            boundary = True
+            if time.perf_counter() - last_save >= cfg.checkpoint_seconds:
+                checkpoint()
+                last_save = time.perf_counter()
+            if on_block is not None:
+                on_block(progress["docs"])
+        if progress["tokens"] == 0:
+            raise ClewError(f"{corpus.name}: the corpus has no text (no tokens to collect from)")
+        if bar is not None:
+            bar.close()
+        records = _records(model, tc, states, progress["tokens"], cfg)
+        texts = _texts(tok, seen_tokens | {t for r in records for t, _ in r.top_logits + r.bottom_logits})
+        store.put_vocab(texts)
+        store.put_features(records, cfg.width)
+        store.put_labels(auto_labels(records, texts), "auto")
+        store.clear_state()
+        store.set_meta(
+            complete=True,
+            n_docs=progress["docs"],
+            n_contexts=progress["contexts"],
+            n_tokens=progress["tokens"],
+            created=int(time.time()),
+        )
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        if boundary and not store.meta.get("complete") and progress["tokens"]:  # else: the last checkpoint
+            try:
+                checkpoint()
+            except Exception:
+                pass
+        store.close()
+        raise
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    os.replace(partial, out)
+    for suffix in ("-wal", "-shm"):
+        Path(str(partial) + suffix).unlink(missing_ok=True)
+    return CollectResult(
+        out, progress["docs"], progress["contexts"], progress["tokens"], progress["seconds"], resumed
+    )
+
+
+def _open_partial(path: Path) -> Any:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    return conn
+
+
+def _bar(cfg: CollectConfig, initial: int) -> Any:
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(desc="collecting", unit="tok", unit_scale=True, initial=initial, dynamic_ncols=True)
+
+
+def _tokenise(tok: Any, texts: list[str]) -> list[list[int]]:
+    if hasattr(tok, "batch_decode"):
+        return [list(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    return [list(tok.encode(t)) for t in texts]
+
+
+def _texts(tok: Any, ids: set[int]) -> dict[int, str]:
+    return {int(i): tok.decode([int(i)]) for i in sorted(ids) if i >= 0}
+
+
+def _records(
+    model: Transformer, tc: Transcoder, states: dict[int, LayerState], n_tokens: int, cfg: CollectConfig
+) -> list[FeatureRecord]:
+    records = []
+    for layer, s in states.items():
+        tv, ti, bv, bi = (t.numpy() for t in logit_effects(model, tc, layer, cfg.n_logits))
+        a = {n: getattr(s, n).cpu().numpy() for n in LayerState.NAMES}
+        for f in range(tc.cfg.n_features):
+            n = int(a["n_active"][f])
+            examples = []
+            for kind, prefix, value in (("top", "top", "top_val"), ("random", "rnd", "rnd_val")):
+                ctx, vals = a[f"{prefix}_ctx"][f], a[value][f]
+                order = np.argsort(-vals, kind="stable") if kind == "random" else range(len(ctx))
+                for j in order:
+                    if ctx[j] < 0:
+                        continue
+                    toks = a[f"{prefix}_tok"][f, j]
+                    keep = toks >= 0
+                    pos = int(a[f"{prefix}_pos"][f, j])
+                    examples.append(
+                        Example(
+                            kind=kind,
+                            context=int(ctx[j]),
+                            position=pos,
+                            activation=float(vals[j]),
+                            peak=min(pos, cfg.before),
+                            tokens=toks[keep].tolist(),
+                            acts=a[f"{prefix}_act"][f, j][keep].tolist(),
+                        )
+                    )
+            records.append(
+                FeatureRecord(
+                    layer=layer,
+                    feature=f,
+                    n_active=n,
+                    frequency=n / n_tokens if n_tokens else 0.0,
+                    mean=float(a["total"][f]) / n if n else 0.0,
+                    act_min=float(a["act_min"][f]) if n else 0.0,
+                    act_max=float(a["act_max"][f]),
+                    histogram=a["hist"][f].tolist(),
+                    top_logits=list(zip(ti[f].tolist(), tv[f].tolist())),
+                    bottom_logits=list(zip(bi[f].tolist(), bv[f].tolist())),
+                    examples=examples,
+                )
+            )
+    return records
+
+
+def settings_dict(cfg: CollectConfig) -> dict[str, Any]:
+    return asdict(cfg)
