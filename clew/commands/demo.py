@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 print("    " + line)
         for path in strongest_paths(graph, pruned, k=3):
             print("  path:", describe_path(graph, path, labels))
-    experiment(model, tc)
+    experiment(model, tc, store)
     print(f"\nwrote the graphs, viewer JSON and pictures to {out}/")
     if store is not None:
         print(f"labels and feature files ({out}/features/) from {store.path}")
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def experiment(model, tc, k: int = 20) -> None:
+def experiment(model, tc, store=None, k: int = 20) -> None:
     """Test the Dallas graph's claim: find what carries Texas, take it out, put California's in."""
     from clew.attribution.labels import promoted_token_labels
     from clew.intervene.swap import carriers, swap_experiment
@@ -122,7 +122,12 @@ def experiment(model, tc, k: int = 20) -> None:
     texas, california, _ = carriers(model, tc, DALLAS, CONTRAST, " Austin", " Sacramento")
     graph = texas.graph
     node = {tuple(f): n for n, f in enumerate(graph.features.tolist())}
-    labels = promoted_token_labels(model, tc, graph)
+    if store is not None:
+        from clew.commands.features import graph_labels
+
+        labels = graph_labels(store, graph)
+    else:
+        labels = promoted_token_labels(model, tc, graph)
     print(f"\n[experiment] what carries Texas in {DALLAS!r}: the features at the city that its graph routes")
     print(
         f"  to ' Austin' and that {CONTRAST!r} lacks ({len(texas.features)} found; the {k} most influential):"
