@@ -227,3 +227,37 @@ def test_the_organism_swaps_texas_for_california():
         rb = model.run(la_tokens[None], record=True).cache.resid_pre[2][0, 8]
     steered = generate(model, tc, tokens, Interventions(steers=[Steer(2, (7,), rb - ra)]), 3)
     assert model.tokenizer.decode(steered.tolist()).startswith(" Sacramento")
+
+
+def test_constrained_zeroing_reproduces_the_organism_dallas_edges():
+    """The same check on the organism's Dallas graph: every feature, error and embedding source zeroed in
+    turn moves every target by minus its edge."""
+    from clew.assets import ORGANISM
+    from clew.resolve import load_model_and_dictionary
+
+    model, tc = load_model_and_dictionary(ORGANISM.name, None)
+    graph = trace(model, tc, "The capital of the state containing Dallas is", progress=False)
+    tokens = graph.tokens
+    local = LocalReplacement(model, tc, tokens)
+    watch = [graph_node(graph, f) for f in range(graph.n_features)]
+    scale = float(graph.adjacency.abs().max())
+    sources = list(range(graph.n_features)) + list(range(graph.error_offset, graph.logit_offset))
+    worst = 0.0
+    for source in sources[:: max(1, len(sources) // 40)]:
+        out = intervene(
+            model,
+            tc,
+            tokens,
+            Interventions([Edit(graph_node(graph, source))]),
+            mode="constrained",
+            watch=watch,
+            local=local,
+        )
+        measured = torch.cat(
+            [
+                torch.tensor([after - before for _, before, after in out.watched]),
+                (out.normed - out.clean_normed) @ graph.logit_vectors.T,
+            ]
+        )
+        worst = max(worst, float((measured + graph.adjacency[:, source].float()).abs().max()) / scale)
+    assert worst < TOL

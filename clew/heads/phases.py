@@ -126,8 +126,8 @@ def phase_figure(rows: list[CheckpointScores], path: str | Path, title: str = ""
     scores (and the final top induction head's score throughout), and the in-context-learning score."""
     steps = [r.step for r in rows]
     final_layer, final_head, _ = rows[-1].top("induction")
-    c = Canvas(760, 620, title=title or "induction heads across training")
-    c.text(380, 24, title or "induction heads across training", 14, weight="bold")
+    c = Canvas(900, 620, title=title or "induction heads across training")
+    c.text(450, 24, title or "induction heads across training", 14, weight="bold")
     x_range = (min(steps), max(steps) if max(steps) > min(steps) else min(steps) + 1)
     top = Axes(c, (80, 60, 560, 220), x_range, (0.0, 1.0))
     top.frame("training step", "head score", "attention scores of the top heads")

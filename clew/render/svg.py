@@ -51,6 +51,8 @@ def fmt(x: float) -> str:
     """A short label for a tick value."""
     if x == 0:
         return "0"
+    if 1000 <= abs(x) < 1e6 and x == int(x):
+        return f"{int(x):,}"
     if abs(x) >= 1000 or abs(x) < 0.01:
         return f"{x:.0e}".replace("e+0", "e").replace("e-0", "e-")
     return f"{x:.3g}"
