@@ -43,6 +43,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slug", help="the graph's name in file names and viewers (default: from the prompt)")
     p.add_argument("--target", action="append", metavar="TOKEN", help="a token to explain (repeatable)")
     p.add_argument("--contrast", nargs=2, metavar=("A", "B"), help="explain the logit difference A - B")
+    add_tracing_options(p)
+    p.add_argument(
+        "--verify", type=int, default=0, metavar="N", help="check N random sources' edges by perturbation"
+    )
+    p.add_argument(
+        "--features",
+        metavar="STORE",
+        help="a feature store of this dictionary (clew features collect): its labels name the graph's "
+        "features and its examples go to DIR/features/ (default: the organism's, for the organism)",
+    )
+    p.add_argument(
+        "--local-viewer",
+        action="store_true",
+        help="set the graph's scan to its feature files, so circuit-tracer's local page shows the "
+        "feature panels (leave off for Neuronpedia uploads, whose scan must be a hosted model)",
+    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def add_tracing_options(p: argparse.ArgumentParser) -> None:
+    """The options of how a graph is traced and pruned, shared by ``clew trace`` and ``clew trace-batch``."""
     p.add_argument("--max-n-logits", type=int, default=10, help="most logit targets (default: %(default)s)")
     p.add_argument(
         "--desired-logit-prob",
@@ -69,24 +92,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--edge-threshold", type=float, default=0.98, help="pruning: edge score kept (default: %(default)s)"
     )
-    p.add_argument(
-        "--verify", type=int, default=0, metavar="N", help="check N random sources' edges by perturbation"
-    )
-    p.add_argument(
-        "--features",
-        metavar="STORE",
-        help="a feature store of this dictionary (clew features collect): its labels name the graph's "
-        "features and its examples go to DIR/features/ (default: the organism's, for the organism)",
-    )
-    p.add_argument(
-        "--local-viewer",
-        action="store_true",
-        help="set the graph's scan to its feature files, so circuit-tracer's local page shows the "
-        "feature panels (leave off for Neuronpedia uploads, whose scan must be a hosted model)",
-    )
-    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+
+
+def check_tracing_options(args: argparse.Namespace) -> None:
+    """One-line errors for tracing options out of range."""
+    from clew.errors import ClewError
+
+    if not 0 < args.desired_logit_prob <= 1:
+        raise ClewError(f"--desired-logit-prob must be in (0, 1], got {args.desired_logit_prob}")
+    for name in ("max_n_logits", "max_feature_nodes", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ClewError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    for name in ("node_threshold", "edge_threshold"):
+        if not 0 < getattr(args, name) <= 1:
+            raise ClewError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,13 +115,9 @@ def run(args: argparse.Namespace) -> int:
     from clew.attribution import analyze, trace
     from clew.attribution.export import check_slug, export_json, slug_from
     from clew.commands.features import VIEWER_BASE, graph_labels, write_graph_features
-    from clew.errors import ClewError
     from clew.resolve import load_model_and_dictionary
 
-    if not 0 < args.desired_logit_prob <= 1:
-        raise ClewError(f"--desired-logit-prob must be in (0, 1], got {args.desired_logit_prob}")
-    if args.max_feature_nodes is not None and args.max_feature_nodes < 1:
-        raise ClewError(f"--max-feature-nodes must be positive, got {args.max_feature_nodes}")
+    check_tracing_options(args)
     slug = check_slug(args.slug) if args.slug else slug_from(args.prompt)
     model, dictionary = load_model_and_dictionary(args.model, args.dictionary, device=args.device)
     graph = trace(

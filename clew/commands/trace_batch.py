@@ -18,6 +18,8 @@ settings is refused. Ray is optional: pip install clew[ray]."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from clew.commands.trace import add_tracing_options
+
     p = sub.add_parser(
         "trace-batch",
         help="trace many prompts into a graph store (in process or on Ray)",
@@ -58,22 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-attempts", type=int, default=3, help="tries of a prompt whose worker dies (default: 3)"
     )
     p.add_argument("--retry-failed", action="store_true", help="trace again the prompts that failed before")
-    p.add_argument("--max-n-logits", type=int, default=10, help="most logit targets (default: %(default)s)")
-    p.add_argument(
-        "--desired-logit-prob",
-        type=float,
-        default=0.95,
-        help="top tokens until this probability (default: 0.95)",
-    )
-    p.add_argument(
-        "--max-feature-nodes", type=int, help="budget of feature rows (default: every active feature)"
-    )
-    p.add_argument("--batch-size", type=int, help="targets per backward pass")
-    p.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], default="float32", help="attribution precision"
-    )
-    p.add_argument("--node-threshold", type=float, default=0.8, help="pruning for the index (default: 0.8)")
-    p.add_argument("--edge-threshold", type=float, default=0.98, help="pruning for the index (default: 0.98)")
+    add_tracing_options(p)
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -81,12 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clew.batch import BatchConfig, GraphStore, read_prompts, run_batch
+    from clew.commands.trace import check_tracing_options
     from clew.errors import ClewError
     from clew.resolve import default_dictionary
 
-    if not 0 < args.desired_logit_prob <= 1:
-        raise ClewError(f"--desired-logit-prob must be in (0, 1], got {args.desired_logit_prob}")
-    for name in ("workers", "max_attempts", "max_feature_nodes", "threads"):
+    check_tracing_options(args)
+    for name in ("workers", "max_attempts", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ClewError(f"--{name.replace('_', '-')} must be positive, got {value}")
