@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_tiny import FAMILIES, save_hf_model
+from hf_tiny import FAMILIES
 from tiny_dictionaries import KINDS, random_transcoder
 
 from clew.attribution import Graph, prune, scores, trace
 from clew.attribution.prune import cumulative_threshold, mass_threshold
 from clew.attribution.verify import check_graph
-from clew.models.loading import load_folder
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    out = {}
-    for family in FAMILIES:
-        folder = tmp_path_factory.mktemp(family)
-        save_hf_model(family, folder)
-        out[family] = load_folder(folder, tokenizer=False, device="cpu")
-    return out
 
 
 def prompt(n: int = 11, seed: int = 5) -> torch.Tensor:

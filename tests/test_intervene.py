@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_tiny import FAMILIES, save_hf_model
+from hf_tiny import FAMILIES
 from tiny_dictionaries import KINDS, random_transcoder
 
 from clew.attribution import trace
 from clew.errors import ClewError
 from clew.intervene import Edit, Interventions, Node, Steer, generate, intervene, parse_edit, parse_node
-from clew.models.loading import load_folder
 from clew.replacement import LocalReplacement, ReplacementModel
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    out = {}
-    for family in FAMILIES:
-        folder = tmp_path_factory.mktemp(family)
-        save_hf_model(family, folder)
-        out[family] = load_folder(folder, tokenizer=False, device="cpu")
-    return out
 
 
 def prompt(n: int = 9, seed: int = 3) -> torch.Tensor:

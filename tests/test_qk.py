@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_tiny import FAMILIES, save_hf_model
+from hf_tiny import FAMILIES
 from tiny_dictionaries import KINDS, random_transcoder
 
 from clew.errors import ClewError
-from clew.models.loading import load_folder
 from clew.qk import qk_attribution, qk_query, residual_terms
 from clew.replacement import LocalReplacement
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    out = {}
-    for family in FAMILIES:
-        folder = tmp_path_factory.mktemp(family)
-        save_hf_model(family, folder)
-        out[family] = load_folder(folder, tokenizer=False, device="cpu")
-    return out
 
 
 def prompt(n: int = 9, seed: int = 7) -> torch.Tensor:
