@@ -119,7 +119,8 @@ def experiment(model, tc, store=None, k: int = 20) -> None:
     from clew.attribution.labels import promoted_token_labels
     from clew.intervene.swap import carriers, swap_experiment
 
-    texas, california, _ = carriers(model, tc, DALLAS, CONTRAST, " Austin", " Sacramento")
+    found = carriers(model, tc, DALLAS, CONTRAST, " Austin", " Sacramento")
+    texas = found[0]
     graph = texas.graph
     node = {tuple(f): n for n, f in enumerate(graph.features.tolist())}
     if store is not None:
@@ -138,5 +139,5 @@ def experiment(model, tc, store=None, k: int = 20) -> None:
     print(
         f"  ... and {max(0, min(k, len(texas.features)) - 8)} more; California's {k} are found the same way"
     )
-    report = swap_experiment(model, tc, DALLAS, CONTRAST, " Austin", " Sacramento", k=k, draws=3)
+    report = swap_experiment(model, tc, DALLAS, CONTRAST, " Austin", " Sacramento", k=k, draws=3, found=found)
     print("\n".join("  " + line for line in report.markdown().splitlines()[2:]))

@@ -185,10 +185,10 @@ def _free(
         if e.node.kind == "error":
             raise ClewError(f"{e.node.label()}: error nodes can be edited in the constrained mode only")
     result = run_free(model, tc, tokens[None], interventions, errors)
-    clean = model.run(tokens[None])
+    clean = ReplacementModel(model, tc).clean_run(tokens[None])  # its logits and its activations
     watched = []
     if watch:
-        clean_acts = ReplacementModel(model, tc).features(tokens[None])
+        clean_acts = clean.features
         for node in watch:
             for p in node.at(len(tokens)):
                 label = Node(node.kind, node.layer, (p,), node.feature).label()

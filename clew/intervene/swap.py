@@ -182,10 +182,12 @@ def swap_experiment(
     k: int = 40,
     draws: int = 5,
     seed: int = 0,
+    found: tuple[Carrier, Carrier, dict[int, int]] | None = None,
 ) -> SwapReport:
-    """Ablate A's carriers, swap in B's, and the matched random controls of both (module docstring)."""
+    """Ablate A's carriers, swap in B's, and the matched random controls of both (module docstring).
+    ``found`` is what :func:`carriers` returned for these prompts, when the caller has it already."""
     a_tok, b_tok = first_token(model, answer_a), first_token(model, answer_b)
-    carrier_a, carrier_b, pairs = carriers(model, tc, prompt_a, prompt_b, answer_a, answer_b)
+    carrier_a, carrier_b, pairs = found or carriers(model, tc, prompt_a, prompt_b, answer_a, answer_b)
     to_a = {pb: pa for pa, pb in pairs.items()}
     tokens = tokenize(model, prompt_a)[0]
     report = SwapReport(prompt_a, prompt_b, answer_a, answer_b, k)
