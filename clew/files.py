@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +44,20 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a fresh temporary file beside it (never a planted link),
     renamed into place: a reader sees the old file or the new one, never half of either."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` (created by ``mkstemp``, so never a planted link) for a
+    writer that wants a file name; renamed onto ``path`` when the block ends without error, removed
+    otherwise."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -79,11 +79,15 @@ def test_save_load_round_trip(models, tmp_path):
     model = models["gpt2"]
     tc = random_transcoder(model.cfg, "skip-topk")
     graph = trace(model, tc, prompt(), progress=False)
+    keys = graph.node_index()
+    assert len(keys) == graph.n_nodes and [graph.node_key(n) for n in keys.values()] == list(keys)
+    graph.annotations = {"supernodes": [{"name": "first", "members": list(keys)[:2]}], "pins": ["token@0"]}
     path = graph.save(tmp_path / "g.safetensors")
     back = Graph.load(path)
     assert torch.equal(back.adjacency, graph.adjacency) and torch.equal(back.features, graph.features)
     assert back.settings == graph.settings and back.logit_labels == graph.logit_labels
-    assert back.token_strings == graph.token_strings
+    assert back.token_strings == graph.token_strings and back.annotations == graph.annotations
+    assert [p.name for p in tmp_path.iterdir()] == ["g.safetensors"]  # no temporary file left behind
 
 
 def test_pruning_and_scores(models):

@@ -54,6 +54,10 @@ class Graph:
     """(L, P) the norm of each error vector, for display."""
     logit_vectors: Tensor | None = None
     """(T, D) each logit target's direction at the final norm's output."""
+    annotations: dict[str, Any] = field(default_factory=dict)
+    """What readers added, as JSON, keyed by :meth:`node_key`: ``supernodes`` (a list of ``{"name",
+    "members", "why", "source"}``), ``labels`` (node key -> label), ``pins`` (node keys) and ``view``
+    (the explorer's other settings). Saved with the graph; the adjacency never depends on it."""
 
     # --- the node table ---------------------------------------------------------------------------------
 
@@ -126,6 +130,23 @@ class Graph:
             return f"token {self.token_strings[pos]!r}@{pos}"
         return f"logit {self.logit_labels[node - self.logit_offset]!r}"
 
+    def node_key(self, node: int) -> str:
+        """A node's stable name, in the syntax ``clew intervene`` reads: ``L1/F12@6``, ``error L1@6``,
+        ``token@6``; logits are ``logit@i`` with ``i`` the logit node's rank (0 = the top token)."""
+        kind = self.kind(node)
+        layer, pos = self.layer_pos(node)
+        if kind == "feature":
+            return f"L{layer}/F{int(self.features[node, 2])}@{pos}"
+        if kind == "error":
+            return f"error L{layer}@{pos}"
+        if kind == "embedding":
+            return f"token@{pos}"
+        return f"logit@{node - self.logit_offset}"
+
+    def node_index(self) -> dict[str, int]:
+        """Node key -> node number, for every node of the graph."""
+        return {self.node_key(node): node for node in range(self.n_nodes)}
+
     def square(self) -> Tensor:
         """(n_nodes, n_nodes) the full adjacency, zero rows for embeddings and errors (small graphs only)."""
         full = torch.zeros(self.n_nodes, self.n_nodes, dtype=self.adjacency.dtype)
@@ -137,6 +158,8 @@ class Graph:
     def save(self, path: str | Path) -> Path:
         """Write the whole graph to one safetensors file; :meth:`load` reads it back identically."""
         from safetensors.torch import save_file
+
+        from clew.files import replacing
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +184,12 @@ class Graph:
             "dictionary_name": self.dictionary_name,
             "settings": self.settings,
         }
-        save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"clew": json.dumps(meta)})
+        if self.annotations:
+            meta["annotations"] = self.annotations
+        with replacing(path) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"clew": json.dumps(meta)}
+            )
         return path
 
     @classmethod
@@ -195,4 +223,5 @@ class Graph:
             settings=meta.get("settings", {}),
             error_norms=tensors.get("error_norms"),
             logit_vectors=tensors.get("logit_vectors"),
+            annotations=meta.get("annotations", {}),
         )
