@@ -19,6 +19,15 @@ cannot collide with anything: no feature has index -1, nothing but logits lives 
 token twice) gets its index among the logits as a suffix, ``_{j}``. On import, kinds come from ``feature_type`` only, never from the
 shape of an id.
 
+Head nodes (``export_json(..., heads=...)``, a :class:`~clew.attribution.head_graph.HeadGraph`): id
+``"A{layer}_{head}_{pos}"``, ``feature_type`` ``"lorsa"`` (the viewers' attention-node type; it is no
+error type, so the viewers keep the ``clerp``, and a unique negative ``feature``, ``-2 - i``, keeps
+circuit-tracer's viewer from merging or hiding the same head at several positions), ``layer`` the
+head's layer, ``ctx_idx`` the query position, ``clerp`` like ``head L2.H4@26 <- @10 ' Wen' 0.94``,
+``activation`` the sum of its outgoing links, ``influence`` the smallest cumulative influence of the
+targets it feeds. ``metadata.info.heads.node_ids`` lists them; :func:`import_json` drops them (and
+their links) and reads the rest.
+
 Size: floats are rounded to 6 significant digits and the JSON is compact, one node or link a line. Only
 the nodes and edges the analysis kept are written.
 
@@ -49,6 +58,7 @@ import torch
 
 from clew.attribution.analysis import Analysis
 from clew.attribution.graph import Graph
+from clew.attribution.head_graph import HeadGraph, routed_view
 from clew.attribution.prune import Pruned
 from clew.errors import ClewError
 from clew.files import write_atomic
@@ -60,6 +70,9 @@ FEATURE_TYPE = {
     "embedding": "embedding",
     "logit": "logit",
 }
+HEAD_FEATURE_TYPE = "lorsa"
+"""The ``feature_type`` of a head node: the viewers' type for an attention-side node (Neuronpedia draws
+its attention dictionaries' units with it); not an error type, so the viewers keep its ``clerp``."""
 # what import_json accepts: the four above, and the viewers' "unexplored node" (a feature)
 KIND_OF_TYPE = {v: k for k, v in FEATURE_TYPE.items()} | {"unexplored node": "feature"}
 INDEX_FILE = "graph-metadata.json"
@@ -189,6 +202,78 @@ def _links(graph: Graph, pruned: Pruned, ids: dict[int, str]) -> list[str]:
     return out
 
 
+def _head_clerp(hg: HeadGraph, i: int) -> str:
+    """``head L2.H4@26 <- @10 ' Wen' 0.94; QK: L0/F606@26 x head L1.H0@10 +3.1``."""
+    g = hg.graph
+    text = hg.head_key(i)
+    keys = [(p, w) for p, w in hg.top_keys(i, 4) if p != int(hg.heads[i, 2])][:2]
+    if keys:
+        text += " <- " + ", ".join(f"@{p} {g.token_strings[p]!r} {w:.2f}" for p, w in keys)
+    why = hg.qk.get(hg.head_key(i))
+    if why and why.get("pairs"):
+        q, k, v = why["pairs"][0]
+        text += f"; QK @{why['key']}: {q} x {k} {v:+.3g}"  # the top pair of pieces that are no constants
+    return text
+
+
+def _routed(
+    hg: HeadGraph, pruned: Pruned, ids: dict[int, str], share: float, labels: dict[int, str]
+) -> tuple[list[dict], list[str], list[str]]:
+    """The shown head nodes, every link (kept edges, those across positions routed through heads) and
+    the head nodes' ids."""
+    graph = hg.graph
+    view = routed_view(hg, pruned.edge_mask, share)
+    row_nodes = graph.row_nodes()
+    nodes, head_ids, links = [], [], []
+    for n, i in enumerate(view.heads.tolist()):
+        layer, head, pos = (int(v) for v in hg.heads[i])
+        nid = f"A{layer}_{head}_{pos}"
+        targets = view.out[n].nonzero().squeeze(1)
+        # shown whenever one of the targets it feeds is shown (logits always are)
+        inf = min([float(pruned.cumulative[int(row_nodes[r])]) for r in targets.tolist()] or [0.0])
+        nodes.append(
+            {
+                "node_id": nid,
+                "feature": -2 - i,
+                "layer": str(layer),
+                "ctx_idx": pos,
+                "feature_type": HEAD_FEATURE_TYPE,
+                "jsNodeId": nid,
+                "clerp": labels.get(hg.head_offset + i) or _head_clerp(hg, i),
+                "influence": round6(inf),
+                "activation": round6(float(view.out[n].sum())),
+                "token_prob": 0.0,
+                "is_target_logit": False,
+            }
+        )
+        head_ids.append(nid)
+        for s in view.into[n].nonzero().squeeze(1).tolist():
+            links.append(_link(ids[s], nid, float(view.into[n, s])))
+        for r in targets.tolist():
+            links.append(_link(nid, ids[int(row_nodes[r])], float(view.out[n, r])))
+    rows, cols = torch.nonzero(view.direct_mask, as_tuple=True)
+    for t, s, w in zip(row_nodes[rows].tolist(), cols.tolist(), view.direct[rows, cols].tolist()):
+        if s in ids and t in ids:
+            links.append(_link(ids[s], ids[t], w))
+    return nodes, [x for x in links if x], head_ids
+
+
+def _link(source: str, target: str, weight: float) -> str:
+    w = round6(weight)
+    return "" if w is None else f'{{"source":"{source}","target":"{target}","weight":{w!r}}}'
+
+
+def _heads_info(hg: HeadGraph, head_ids: list[str], share: float) -> dict[str, Any]:
+    return {
+        "node_ids": head_ids,
+        "feature_type": HEAD_FEATURE_TYPE,
+        "head_share": share,
+        "tolerance": hg.tolerance,
+        "about": "head node 'A{layer}_{head}_{pos}': what head h of that layer moved into position pos; "
+        "links into it and out of it are sums of exact routes (clew.attribution.head_graph)",
+    }
+
+
 def export_json(
     graph: Graph,
     analysis: Analysis,
@@ -199,9 +284,15 @@ def export_json(
     transcoder_list: list[str] | None = None,
     feature_json_base_url: str | None = None,
     labels: dict[int, str] | None = None,
+    heads: HeadGraph | None = None,
+    head_share: float = 0.1,
 ) -> Path:
     """Write ``analysis``'s pruned view of ``graph`` to ``out_dir/<slug>.json`` for the viewers; update
     ``graph-metadata.json``.
+
+    With ``heads`` (a :class:`~clew.attribution.head_graph.HeadGraph` of this graph), each kept edge
+    across positions is drawn through the head nodes that carry at least ``head_share`` of it
+    (:func:`~clew.attribution.head_graph.routed_view`; see the module docstring for how heads appear).
 
     ``labels`` maps node indices to display labels (``clerp``); ``model_id`` is the viewers' ``scan``
     (default: the graph's model name). Returns the path of the graph file.
@@ -222,6 +313,12 @@ def export_json(
         for n in _nodes(graph, pruned, ids, labels or {})
     ]
     links = _links(graph, pruned, ids)
+    head_ids: list[str] = []
+    if heads is not None:
+        if heads.graph is not graph:
+            raise ClewError("the head graph routes another graph than the one exported")
+        head_nodes, links, head_ids = _routed(heads, pruned, ids, head_share, labels or {})
+        nodes += [json.dumps(n, ensure_ascii=False, separators=(",", ":")) for n in head_nodes]
     body = '"nodes":[\n' + ",\n".join(nodes) + '\n],\n"links":[\n' + ",\n".join(links) + "\n]"
     content_hash = hashlib.sha256(body.encode("utf-8")).hexdigest()[:12]
 
@@ -247,6 +344,7 @@ def export_json(
         "n_layers": graph.n_layers,
         "model": graph.model_name,
         "dictionary": graph.dictionary_name,
+        **({"heads": _heads_info(heads, head_ids, head_share)} if heads is not None else {}),
         "scores": {
             "replacement": round6(whole.replacement),
             "completeness": round6(whole.completeness),
@@ -371,6 +469,18 @@ def import_json(path: str | Path) -> Graph:
         raise ClewError(f"{path}: field 'metadata.prompt_tokens' is missing or not a list of strings")
     P = len(tokens_text)
     info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
+    heads = info.get("heads") if isinstance(info.get("heads"), dict) else {}
+    head_ids = set(heads.get("node_ids") or []) if isinstance(heads.get("node_ids"), list) else set()
+    if head_ids:  # a view with head nodes: the graph without them (edges through heads are not restored)
+        data = dict(data)
+        data["nodes"] = [
+            n for n in data["nodes"] if not (isinstance(n, dict) and n.get("node_id") in head_ids)
+        ]
+        data["links"] = [
+            x
+            for x in data["links"]
+            if not (isinstance(x, dict) and (x.get("source") in head_ids or x.get("target") in head_ids))
+        ]
 
     parsed = []  # (position in file, kind, layer, pos, extra, node)
     for i, node in enumerate(data["nodes"]):
@@ -475,6 +585,8 @@ def import_json(path: str | Path) -> Graph:
         "node_threshold": meta.get("node_threshold"),
         "schema_version": meta.get("schema_version"),
     }
+    if head_ids:
+        settings["imported"]["head_nodes_dropped"] = len(head_ids)
     transcoders = meta.get("transcoder_list") if isinstance(meta.get("transcoder_list"), list) else []
     return Graph(
         prompt=meta.get("prompt") if isinstance(meta.get("prompt"), str) else "".join(tokens_text),

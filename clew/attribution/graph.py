@@ -155,14 +155,8 @@ class Graph:
 
     # --- the file ---------------------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> Path:
-        """Write the whole graph to one safetensors file; :meth:`load` reads it back identically."""
-        from safetensors.torch import save_file
-
-        from clew.files import replacing
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def file_parts(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The tensors and the JSON metadata of the graph's file (other file types extend them)."""
         tensors = {
             "tokens": self.tokens,
             "features": self.features,
@@ -186,14 +180,26 @@ class Graph:
         }
         if self.annotations:
             meta["annotations"] = self.annotations
+        return tensors, meta
+
+    def save(self, path: str | Path) -> Path:
+        """Write the whole graph to one safetensors file; :meth:`load` reads it back identically."""
+        from safetensors.torch import save_file
+
+        from clew.files import replacing
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors, meta = self.file_parts()
         with replacing(path) as tmp:
             save_file(
                 {k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"clew": json.dumps(meta)}
             )
         return path
 
-    @classmethod
-    def load(cls, path: str | Path) -> Graph:
+    @staticmethod
+    def read_parts(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The tensors and metadata of a clew safetensors file, whatever its format."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -205,8 +211,22 @@ class Graph:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:
             raise ClewError(f"{path}: not a readable graph file ({err})") from None
+        return tensors, meta
+
+    @classmethod
+    def load(cls, path: str | Path) -> Graph:
+        tensors, meta = cls.read_parts(path)
+        if meta.get("format") == "clew-head-graph/1":
+            raise ClewError(
+                f"{path}: a graph with head nodes: read it with clew.attribution.head_graph.HeadGraph.load"
+            )
         if meta.get("format") != FORMAT:
             raise ClewError(f"{path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+        return cls.from_parts(tensors, meta)
+
+    @classmethod
+    def from_parts(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Graph:
+        """The graph of a file's tensors and metadata (:meth:`file_parts`)."""
         return cls(
             prompt=meta["prompt"],
             tokens=tensors["tokens"],

@@ -12,7 +12,7 @@ partitions them, so
 
 where e[l, h] is the total weight of the paths that arrive at p_t through head h of layer l.
 
-All e[l, h] come from one batched backward pass (:func:`split_edge`). Row 0 carries the target's
+All e[l, h], for every source at once, come from one batched backward pass (:func:`split_rows`). Row 0 carries the target's
 vector down at p_t only, keeping just the diagonal attention terms (the "stay" gradient). At each
 layer l, the off-diagonal part of the stay gradient through each head h (``pattern_h[p_t, k]`` for
 k < p_t, through that head's value and output weights) starts a new row ``1 + l H + h``, which from
@@ -67,22 +67,15 @@ class HeadSplit:
 
 
 @torch.no_grad()
-def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
-    """Split the edge from engine column ``source`` to the single ``target`` across attention heads."""
+def split_rows(engine: Engine, target: Targets) -> Tensor:
+    """(L H, C) e[l, h] for every source at once: row ``l H + h`` holds, for each engine column, the
+    weight of the paths from that source to the single ``target`` whose last arrival at the target's
+    position is through head h of layer l. Sources at or after the target's position get 0."""
     if len(target) != 1:
-        raise ClewError(f"split one edge at a time: got {len(target)} targets")
+        raise ClewError(f"split one target at a time: got {len(target)} targets")
     L, D, dt = engine.n_layers, engine.d_model, engine.dtype
     H = engine.model.cfg.n_heads
     pos, top = int(target.pos[0]), int(target.layer[0])
-    src_pos = engine.source_position(source)
-    if src_pos == pos:
-        raise ClewError(
-            f"source and target are both at position {pos}: the edge runs within one position, through no head"
-        )
-    if src_pos > pos:
-        raise ClewError(
-            f"the source (position {src_pos}) comes after the target (position {pos}): there is no edge"
-        )
     P, R = pos + 1, 1 + L * H
     rows = torch.zeros(R, engine.n_columns, dtype=dt, device=engine.device)
     grad = torch.zeros(P, R, D, dtype=dt, device=engine.device)
@@ -104,7 +97,26 @@ def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
     rows[:, engine.embed_offset : engine.embed_offset + P] = torch.einsum(
         "prd,pd->rp", grad, engine.embeddings[:P].to(dt)
     )
-    weights = rows[1:, source].view(L, H).cpu()
+    return rows[1:]
+
+
+@torch.no_grad()
+def split_edge(engine: Engine, target: Targets, source: int) -> HeadSplit:
+    """Split the edge from engine column ``source`` to the single ``target`` across attention heads."""
+    if len(target) != 1:
+        raise ClewError(f"split one edge at a time: got {len(target)} targets")
+    L, H = engine.n_layers, engine.model.cfg.n_heads
+    pos = int(target.pos[0])
+    src_pos = engine.source_position(source)
+    if src_pos == pos:
+        raise ClewError(
+            f"source and target are both at position {pos}: the edge runs within one position, through no head"
+        )
+    if src_pos > pos:
+        raise ClewError(
+            f"the source (position {src_pos}) comes after the target (position {pos}): there is no edge"
+        )
+    weights = split_rows(engine, target)[:, source].view(L, H).cpu()
     edge = float(engine.rows(target)[0, source])
     order = weights.flatten().abs().argsort(descending=True)
     table = [

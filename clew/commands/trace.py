@@ -17,7 +17,14 @@ examples:
   clew trace "Fact: the capital of France is" --model smollm2-135m --dictionary ./tc --features tc.sqlite
 
 writes DIR/<slug>.safetensors (the whole graph: clew.Graph.load reads it), DIR/<slug>.json and
-DIR/graph-metadata.json (the viewers' format, pruned at --node-threshold / --edge-threshold)."""
+DIR/graph-metadata.json (the viewers' format, pruned at --node-threshold / --edge-threshold).
+
+With --heads, also DIR/<slug>.heads.safetensors (clew.attribution.head_graph.HeadGraph.load reads it)
+and DIR/<slug>-heads.json: the same pruned graph with every kept edge across positions routed through
+the attention heads that carry it. A head node "head L2.H4@26" is what head 4 of layer 2 moved into
+position 26; its label lists the keys it attends to and, from QK attribution, the pair of query-side
+and key-side pieces that most raised its score at its top key. The strongest head nodes are printed.
+  clew trace "Dr Vemlorros fed the cat. Then Mr Wenzem opened the shop. Then Mr" -m organism --heads"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +65,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="set the graph's scan to its feature files, so circuit-tracer's local page shows the "
         "feature panels (leave off for Neuronpedia uploads, whose scan must be a hosted model)",
+    )
+    p.add_argument(
+        "--heads",
+        action="store_true",
+        help="also route the pruned graph's edges across positions through attention-head nodes "
+        "(DIR/<slug>.heads.safetensors and DIR/<slug>-heads.json)",
+    )
+    p.add_argument(
+        "--head-share",
+        type=float,
+        default=0.1,
+        help="with --heads: draw a head on an edge when it carries at least this share of it "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--head-tolerance",
+        type=float,
+        default=1e-4,
+        help="with --heads: store routes of at least this fraction of their target's largest edge; the "
+        "rest stays in the direct edges, so the routing is exact either way (default: %(default)s)",
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -115,9 +142,14 @@ def run(args: argparse.Namespace) -> int:
     from clew.attribution import analyze, trace
     from clew.attribution.export import check_slug, export_json, slug_from
     from clew.commands.features import VIEWER_BASE, graph_labels, write_graph_features
+    from clew.errors import ClewError
     from clew.resolve import load_model_and_dictionary
 
     check_tracing_options(args)
+    if not 0 < args.head_share <= 1:
+        raise ClewError(f"--head-share must be in (0, 1], got {args.head_share}")
+    if args.head_tolerance < 0:
+        raise ClewError(f"--head-tolerance must be zero or more, got {args.head_tolerance}")
     slug = check_slug(args.slug) if args.slug else slug_from(args.prompt)
     model, dictionary = load_model_and_dictionary(args.model, args.dictionary, device=args.device)
     graph = trace(
@@ -152,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         model_id=base if args.local_viewer and base else None,
     )
     print(report(graph, analysis, labels))
+    if args.heads:
+        print(route(args, model, dictionary, graph, analysis, labels, out, slug, base))
     if args.verify:
         from clew.attribution.verify import check_graph
 
@@ -162,6 +196,46 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"wrote {out / (slug + '.safetensors')}, {json_path}, {out / 'graph-metadata.json'}")
     return 0
+
+
+def route(args, model, dictionary, graph, analysis, labels, out: Path, slug: str, base) -> str:
+    """``--heads``: route the pruned view's targets through head nodes, explain the shown heads' attention
+    (QK attribution), save and export; the summary of the strongest head nodes."""
+    import torch
+
+    from clew.attribution.export import export_json
+    from clew.attribution.head_graph import route_heads, routed_view, strongest, summary
+    from clew.qk import annotate_heads
+    from clew.replacement import LocalReplacement
+
+    pruned = analysis.pruned
+    rows = pruned.node_mask[graph.row_nodes()].nonzero().squeeze(1)
+    heads = route_heads(
+        model,
+        dictionary,
+        graph,
+        rows,
+        tolerance=args.head_tolerance,
+        dtype=getattr(torch, args.dtype),
+        progress=not args.quiet,
+    )
+    shown = set(routed_view(heads, pruned.edge_mask, args.head_share).heads.tolist())
+    ranked = [i for i, _ in strongest(heads, pruned.influence, heads.n_heads) if i in shown][:50]
+    local = LocalReplacement(model, dictionary, graph.tokens.to(model.embed.weight.device))
+    annotate_heads(local, heads, ranked)
+    path = heads.save(out / f"{slug}.heads.safetensors")
+    json_path = export_json(
+        graph,
+        analysis,
+        out,
+        f"{slug}-heads",
+        labels=labels,
+        feature_json_base_url=base,
+        model_id=base if args.local_viewer and base else None,
+        heads=heads,
+        head_share=args.head_share,
+    )
+    return summary(heads, pruned.influence) + f"\nwrote {path}, {json_path}"
 
 
 def feature_store(args: argparse.Namespace, dictionary):
