@@ -47,6 +47,8 @@ from clew.models import Transformer
 from clew.models.points import read_input
 
 _M = 2**31 - 1  # the priority hash's modulus (a prime); also "no sample here"
+SLACK = 0.8
+"""A batch holds contexts of at least this fraction of its longest one's length (less padding)."""
 
 
 class Corpus(Protocol):
@@ -240,6 +242,11 @@ def batches(contexts: list[list[int]], first: int, batch_tokens: int) -> list[Ba
         P = len(contexts[order[i]])
         rows = max(1, batch_tokens // P)
         chunk = order[i : i + rows]
+        # a batch ends where its contexts get much shorter than its longest: padding costs a full token
+        short = [r for r, j in enumerate(chunk) if len(contexts[j]) < SLACK * P]
+        if short:
+            chunk = chunk[: short[0]]
+            rows = len(chunk)
         toks = torch.zeros(len(chunk), P, dtype=torch.long)
         for r, j in enumerate(chunk):
             toks[r, : len(contexts[j])] = torch.tensor(contexts[j])
@@ -282,7 +289,19 @@ def feature_activations(model: Transformer, tc: Transcoder, tokens: Tensor) -> d
         model.run(tokens, mlp=reader)
     except _Stop:
         pass
-    return {layer: tc.encode(layer, reader.inputs[layer]).float() for layer in tc.layers}
+    return {layer: _encode(tc, layer, reader.inputs[layer]).float() for layer in tc.layers}
+
+
+def _encode(tc: Transcoder, layer: int, x: Tensor) -> Tensor:
+    """``tc.encode(layer, x)``, with JumpReLU and ReLU applied in place on the pre-activations (one pass
+    over ``[B, P, F]`` instead of three); the same values."""
+    pre = tc.pre_activations(layer, x)
+    kind = tc.cfg.activation
+    if kind == "relu":
+        return pre.relu_()
+    if kind == "jumprelu" and tc.threshold is not None:
+        return torch.where(pre > tc.threshold[tc.slot(layer)], pre, 0.0)
+    return tc.activate(layer, pre)
 
 
 # ----- one batch into the state ----------------------------------------------------------------------------
@@ -305,26 +324,48 @@ def _windows(
     offs = torch.arange(-before, after + 1, device=acts.device)
     pos = p[:, None] + offs  # [m, W]
     valid = (pos >= 0) & (pos < lengths[b][:, None])
-    pc = pos.clamp(0, acts.shape[1] - 1)
-    bb = b[:, None].expand_as(pc)
-    tok = torch.where(valid, tokens[bb, pc], -1)
-    act = torch.where(valid, acts[bb, pc, f[:, None].expand_as(pc)], 0.0)
+    P, F = acts.shape[1], acts.shape[2]
+    row = b[:, None] * P + pos.clamp(0, P - 1)  # [m, W] flat (row, position): one gather, not three
+    tok = torch.where(valid, tokens.reshape(-1)[row], -1)
+    act = torch.where(valid, acts.reshape(-1)[row * F + f[:, None]], 0.0)
     return tok, act
 
 
-def _candidates(
-    keep: Tensor, b: Tensor, p: Tensor, acts: Tensor, tokens: Tensor, lengths: Tensor, cfg: CollectConfig
-) -> tuple[Tensor, Tensor]:
-    """Windows ``[F, k, W]`` for the candidates ``[F, k]`` where ``keep`` holds (the others: empty)."""
-    F, k = keep.shape
-    tok = torch.full((F, k, cfg.width), -1, dtype=torch.int64, device=acts.device)
-    act = torch.zeros(F, k, cfg.width, device=acts.device)
-    fi, ji = keep.nonzero(as_tuple=True)
+def _merge(
+    s: LayerState,
+    prefix: str,
+    best: Tensor,
+    fields: dict[str, Tensor],
+    valid: Tensor,
+    b: Tensor,
+    p: Tensor,
+    acts: Tensor,
+    tokens: Tensor,
+    lengths: Tensor,
+    cfg: CollectConfig,
+) -> None:
+    """Keep, per feature, the entries ``best`` ``[F, K]`` of the state's K followed by this batch's k
+    candidates: the scalar ``fields`` (name -> batch values ``[F, k]``) and the windows, which are
+    gathered only for the batch candidates that made it in (``valid`` ``[F, k]``: a real candidate at
+    row ``b``, position ``p``; the others have empty windows)."""
+    K = best.shape[1]
+    for name, new in fields.items():
+        setattr(s, f"{prefix}_{name}", torch.cat([getattr(s, f"{prefix}_{name}"), new], 1).gather(1, best))
+    old = best.clamp(max=K - 1)[:, :, None].expand(-1, -1, cfg.width)
+    tok = getattr(s, f"{prefix}_tok").gather(1, old)
+    act = getattr(s, f"{prefix}_act").gather(1, old)
+    fi, ji = (best >= K).nonzero(as_tuple=True)
     if fi.numel():
-        tok[fi, ji], act[fi, ji] = _windows(
-            acts, tokens, lengths, b[fi, ji], p[fi, ji], fi, cfg.before, cfg.after
-        )
-    return tok, act
+        j = best[fi, ji] - K
+        real = valid[fi, j]
+        tok[fi, ji], act[fi, ji] = -1, 0.0
+        fi, ji, j = fi[real], ji[real], j[real]
+        if fi.numel():
+            tok[fi, ji], act[fi, ji] = _windows(
+                acts, tokens, lengths, b[fi, j], p[fi, j], fi, cfg.before, cfg.after
+            )
+    setattr(s, f"{prefix}_tok", tok)
+    setattr(s, f"{prefix}_act", act)
 
 
 @torch.inference_mode()
@@ -352,17 +393,25 @@ def update(
     bins = torch.bucketize(values, edges).clamp(0, cfg.hist_bins - 1)
     state.hist += torch.bincount(f * cfg.hist_bins + bins, minlength=F * cfg.hist_bins).view(F, cfg.hist_bins)
     # top contexts: each context's peak per feature, the best K of this batch, merged with the state;
-    # windows are gathered only for candidates that beat the state's K-th best
-    peak, arg = acts.max(dim=1)  # [B, F]
+    # windows are gathered only for candidates that beat the state's K-th best. The peak and its first
+    # position come from the non-zero entries (as acts.max(dim=1) would give them, without a pass over
+    # every position of every feature)
+    key = (bp // P) * F + f  # (row, feature)
+    peak = torch.zeros(B * F, device=dev).scatter_reduce_(0, key, values, "amax")
+    at_peak = values == peak[key]
+    arg = torch.zeros(B * F, dtype=torch.int64, device=dev).fill_(P)
+    arg.scatter_reduce_(0, key[at_peak], bp[at_peak] % P, "amin")
+    peak, arg = peak.view(B, F), arg.view(B, F).masked_fill_(peak.view(B, F) <= 0, 0)
     k = min(cfg.n_top, B)
     cv, cb = peak.topk(k, dim=0)  # [k, F]
     cv, cb = cv.T, cb.T  # [F, k]
     cp = arg.gather(0, cb.T).T  # [F, k]
     enter = (cv > 0) & (cv > state.top_val[:, -1:])
     if enter.any():
-        ctok, cact = _candidates(enter, cb, cp, acts, tokens, lengths, cfg)
         cv = torch.where(enter, cv, -math.inf)
-        _merge_top(state, cv, torch.where(enter, ctx[cb], -1), cp, ctok, cact, cfg.n_top)
+        best = torch.cat([state.top_val, cv], 1).topk(cfg.n_top, dim=1).indices  # sorted, descending
+        fields = {"val": cv, "ctx": torch.where(enter, ctx[cb], -1), "pos": cp}
+        _merge(state, "top", best, fields, enter, cb, cp, acts, tokens, lengths, cfg)
     # the random sample: per feature, the non-zero entries with the smallest priorities (only those
     # below the state's largest kept priority can enter)
     R = cfg.n_random
@@ -381,33 +430,9 @@ def update(
     ri = torch.zeros(F * R, dtype=torch.int64, device=dev).index_put_((slot,), bp[keep]).view(F, R)
     rv = torch.zeros(F * R, device=dev).index_put_((slot,), values[keep]).view(F, R)
     rb, rpos = ri // P, ri % P
-    rtok, ract = _candidates(rp < _M, rb, rpos, acts, tokens, lengths, cfg)
-    _merge_random(state, rp, rv, torch.where(rp < _M, ctx[rb], -1), rpos, rtok, ract, R)
-
-
-def _merge_top(s: LayerState, v: Tensor, c: Tensor, p: Tensor, tok: Tensor, act: Tensor, K: int) -> None:
-    allv = torch.cat([s.top_val, v], 1)
-    best = allv.topk(K, dim=1).indices  # [F, K], sorted by value, descending
-    s.top_val = allv.gather(1, best)
-    s.top_ctx = torch.cat([s.top_ctx, c], 1).gather(1, best)
-    s.top_pos = torch.cat([s.top_pos, p], 1).gather(1, best)
-    idx = best[:, :, None].expand(-1, -1, tok.shape[2])
-    s.top_tok = torch.cat([s.top_tok, tok], 1).gather(1, idx)
-    s.top_act = torch.cat([s.top_act, act], 1).gather(1, idx)
-
-
-def _merge_random(
-    s: LayerState, pri: Tensor, v: Tensor, c: Tensor, p: Tensor, tok: Tensor, act: Tensor, R: int
-) -> None:
-    allp = torch.cat([s.rnd_pri, pri], 1)
-    best = allp.topk(R, dim=1, largest=False).indices
-    s.rnd_pri = allp.gather(1, best)
-    s.rnd_val = torch.cat([s.rnd_val, v], 1).gather(1, best)
-    s.rnd_ctx = torch.cat([s.rnd_ctx, c], 1).gather(1, best)
-    s.rnd_pos = torch.cat([s.rnd_pos, p], 1).gather(1, best)
-    idx = best[:, :, None].expand(-1, -1, tok.shape[2])
-    s.rnd_tok = torch.cat([s.rnd_tok, tok], 1).gather(1, idx)
-    s.rnd_act = torch.cat([s.rnd_act, act], 1).gather(1, idx)
+    best = torch.cat([state.rnd_pri, rp], 1).topk(R, dim=1, largest=False).indices
+    fields = {"pri": rp, "val": rv, "ctx": torch.where(rp < _M, ctx[rb], -1), "pos": rpos}
+    _merge(state, "rnd", best, fields, rp < _M, rb, rpos, acts, tokens, lengths, cfg)
 
 
 # ----- logit effects ---------------------------------------------------------------------------------------
