@@ -65,6 +65,12 @@ def organism(a: argparse.Namespace) -> None:
         f"organism collect   {r.n_docs:,} documents, {r.n_tokens:,} tokens in {r.seconds:.1f} s: "
         f"{rate:,.0f} tokens/s = {rate / base:.1f}x the baseline"
     )
+    per_cpu = r.tokens_per_cpu_second
+    print(
+        f"organism collect   {r.cpu_seconds:.1f} CPU-seconds (all threads): {per_cpu:,.0f} tokens per CPU-second; "
+        f"{a.threads} idle threads scaling perfectly would give {per_cpu * a.threads:,.0f} tokens/s, the whole "
+        f"corpus in {TRAINING_TOKENS / (per_cpu * a.threads) / 60:.1f} min (an upper bound, not a measurement)"
+    )
     print(
         f"organism projected whole training corpus ({TRAINING_TOKENS / 1e6:.2f} M tokens): {projected / 60:.1f} min "
         f"(floor 10 min: {'met' if projected <= 600 else 'NOT met'})"

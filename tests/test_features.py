@@ -131,6 +131,24 @@ def test_a_killed_and_resumed_collection_equals_an_uninterrupted_one(store_path,
     assert _tables(out) == _tables(store_path)
 
 
+def test_batches_run_in_threads_give_the_same_store_killed_or_not(store_path, organism, tmp_path):
+    """Two threads run two batches' forward passes at once; the state is still updated in order, so the
+    store (killed inside the run and resumed, too) is the one-thread store, byte for byte."""
+    model, tc = organism
+    out = tmp_path / "threads.sqlite"
+    two = {**SETTINGS, "threads": 2}
+
+    def kill(docs_done: int) -> None:
+        if docs_done == 48:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        collect(model, tc, OrganismCorpus(), out, CollectConfig(**two, checkpoint_seconds=0), on_block=kill)
+    result = collect(model, tc, OrganismCorpus(), out, CollectConfig(**two))
+    assert result.resumed and result.n_docs == N_DOCS and result.cpu_seconds > 0
+    assert _tables(out) == _tables(store_path)
+
+
 def test_labels_are_deterministic_and_cover_every_live_feature(store_path):
     from clew.features.labels import auto_labels
 
