@@ -80,7 +80,11 @@ def test_summary_edges_are_exact_sums_and_paths_rank_by_bottleneck(dallas):
         want = square[circuit.boxes[t].members][:, circuit.boxes[s].members].sum()
         assert abs(float(circuit.weight[t, s]) - float(want)) <= 1e-5 * max(1.0, abs(float(want)))
     paths = circuit.paths(k=5)
-    assert paths and circuit.boxes[paths[0][1][0]].kind == "token" and circuit.boxes[paths[0][1][-1]].kind == "logit"
+    assert (
+        paths
+        and circuit.boxes[paths[0][1][0]].kind == "token"
+        and circuit.boxes[paths[0][1][-1]].kind == "logit"
+    )
     necks = [neck for neck, _ in paths]
     assert necks == sorted(necks, reverse=True)
     for neck, path in paths:

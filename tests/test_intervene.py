@@ -191,7 +191,7 @@ def test_the_organism_swaps_texas_for_california():
     with the difference of the two prompts' residual streams at the city."""
     from clew.assets import ORGANISM
     from clew.attribution.trace import tokenize
-    from clew.intervene.swap import carriers, put_edits, zero_edits, specific_effect, swap_experiment
+    from clew.intervene.swap import carriers, put_edits, specific_effect, swap_experiment, zero_edits
     from clew.resolve import load_model_and_dictionary
 
     model, tc = load_model_and_dictionary(ORGANISM.name, None)
