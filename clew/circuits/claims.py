@@ -7,16 +7,21 @@ zeroed and each logit target of the summary is read three ways:
   of the target's logit minus the mean logit;
 - **constrained**: the frozen model with only the members' writes removed, which the graph's direct
   edges describe exactly (a check that the edges are what they claim);
+- **patterns frozen**: the replacement model run again with the members zeroed and attention patterns
+  and norm scales replayed from the clean run: only the features' own nonlinearity is left;
 - **free**: the replacement model run again with the members zeroed (errors frozen): features
-  downstream re-encode, attention and norms recompute. This is the claim's real test.
+  downstream re-encode, attention and norms recompute. This is the claim's real test; where it parts
+  from *patterns frozen*, attention moved (a group at the last position can change where later layers
+  look, which no frozen-attention graph shows).
 
 Beside them, a **control**: as many other active features of the same layers and position, of the
 nearest activations, zeroed the same way (drawn with a seed). A box is **flagged** when taking it out
 moves the top target no more than its control does (plus a small margin): the graph gave it weight,
 the model does not rely on it.
 
-With a contrast prompt, the **swap**: the prompt's specific supernodes zeroed and the contrast's
-specific supernodes put in at the aligned positions, with their activations there, beside the same
+With a contrast prompt, the **swap**: the prompt's specific features (every active feature at the
+differing span that the contrast lacks: its specific supernodes and the weaker ones pruning left out)
+zeroed and the contrast's put in at the aligned positions, with their activations there, beside the same
 swap done with matched random features.
 """
 
@@ -26,10 +31,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from clew.circuits.groups import contrast_sides
 from clew.circuits.summary import Circuit
 from clew.dictionaries import Transcoder
 from clew.intervene.check import through_graph
-from clew.intervene.run import intervene
+from clew.intervene.run import intervene, run_free
 from clew.intervene.spec import Edit, Interventions, Node
 from clew.intervene.swap import align, matched_controls, put_edits, zero_edits
 from clew.models import Transformer
@@ -52,6 +58,10 @@ class Claim:
     direct: float
     """The same from the box's direct edges alone."""
     constrained: float
+    frozen_patterns: float
+    """The free run with attention patterns and norm scales replayed from the clean run: features
+    re-encode, nothing else moves. Where it agrees with ``predicted`` and ``free`` does not, attention
+    (which the graph freezes) did the rest."""
     free: float
     control: float
     """The free change when as many matched random features are zeroed."""
@@ -88,12 +98,13 @@ class Claims:
 
     def markdown(self) -> str:
         lines = [
-            "| box | name | features | predicted | constrained | free | control | p(top) after (control) | |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+            "| box | name | features | predicted | constrained | patterns frozen | free | control | p(top) after (control) | |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for c in self.claims:
             lines.append(
-                f"| {c.box} | {c.name} | {c.n_features} | {c.predicted:+.2f} | {c.constrained:+.2f} | {c.free:+.2f} "
+                f"| {c.box} | {c.name} | {c.n_features} | {c.predicted:+.2f} | {c.constrained:+.2f} "
+                f"| {c.frozen_patterns:+.2f} | {c.free:+.2f} "
                 f"| {c.control:+.2f} | {c.p_after:.3f} ({c.p_control:.3f}) | {'no effect beyond control' if c.flagged else ''} |"
             )
         if self.claims:
@@ -158,28 +169,39 @@ def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: i
             float((c.normed - c.clean_normed) @ direction) if direction is not None else float("nan")
         )
         f = intervene(model, tc, tokens, edits, errors="frozen")
+        replay = run_free(model, tc, tokens[None], edits, frozen=local.cache.frozen()).logits[0, -1].float()
+        frozen_patterns = _centred(replay, token) - _centred(local.logits[-1].float(), token)
         control_rows = matched_controls(graph, _rows(graph, box.members), gen)
         k = intervene(model, tc, tokens, Interventions(zero_edits(control_rows)), errors="frozen")
         free = _centred(f.logits.float(), token) - _centred(f.clean_logits.float(), token)
         ctrl = _centred(k.logits.float(), token) - _centred(k.clean_logits.float(), token)
         out.claims.append(
             Claim(
-                box.key,
-                box.name,
-                len(box.members),
-                target,
-                predicted,
-                direct,
-                constrained,
-                free,
-                ctrl,
-                float(f.probs(clean=True)[token]),
-                float(f.probs()[token]),
-                float(k.probs()[token]),
+                box=box.key,
+                name=box.name,
+                n_features=len(box.members),
+                target=target,
+                predicted=predicted,
+                direct=direct,
+                constrained=constrained,
+                frozen_patterns=frozen_patterns,
+                free=free,
+                control=ctrl,
+                p_before=float(f.probs(clean=True)[token]),
+                p_after=float(f.probs()[token]),
+                p_control=float(k.probs()[token]),
                 flagged=abs(free) <= abs(ctrl) + MARGIN,
             )
         )
     return out
+
+
+def specific_nodes(circuit: Circuit, contrast: Circuit) -> list[int]:
+    """Every active feature of ``circuit``'s graph at the span where the two prompts differ that the
+    contrast lacks: its specific supernodes, and the specific features pruning left out, which carry
+    the same information more weakly (a swap of the pruned ones alone often leaves the old answer)."""
+    sides = contrast_sides(circuit.graph, contrast.graph)
+    return [n for n, side in sorted(sides.items()) if side == "specific"]
 
 
 @torch.no_grad()
@@ -190,8 +212,7 @@ def measure_swap(
     a, b = circuit.graph, contrast.graph
     pairs, _, _ = align(a.tokens.tolist(), b.tokens.tolist())
     to_a = {pb: pa for pa, pb in pairs.items()}
-    out_nodes = [n for s in circuit.supernodes if s.side == "specific" for n in s.members]
-    in_nodes = [n for s in contrast.supernodes if s.side == "specific" for n in s.members]
+    out_nodes, in_nodes = specific_nodes(circuit, contrast), specific_nodes(contrast, circuit)
     rows_a, rows_b = _rows(a, out_nodes), _rows(b, in_nodes)
     tokens = a.tokens.to(model.embed.weight.device)
     swap = intervene(

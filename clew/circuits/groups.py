@@ -8,7 +8,8 @@ The rule, in the order it is applied (``docs/circuits.md`` says what it rests on
 2. **One role.** Within a position, two features belong together when what they do to the rest of the
    graph is alike: the *profile* of a feature is its total effect (direct and through other features,
    per unit chained as in :func:`clew.intervene.check.through_graph`) on every kept node at *other*
-   positions and on the logits, each target's row scaled to unit size. Similarity is the cosine of two
+   positions and on the logits (at the last position, where only the logits lie beyond, also on the
+   column's own features of later layers), each target's row scaled to unit size. Similarity is the cosine of two
    profiles, minus a layer penalty (``layer_penalty`` times the layer distance over the number of
    layers), so a layer-0 feature and a layer-3 feature that both feed the answer stay apart unless
    they are very alike. Groups grow by average linkage while the best pair is at least ``threshold``.
@@ -133,9 +134,13 @@ def profiles(graph: Graph, keep: Tensor, nodes: list[int]) -> Tensor:
     T = total_effects(graph, keep)
     pos = torch.tensor([graph.layer_pos(n)[1] for n in range(graph.n_nodes)])
     kinds = graph.kinds()
+    layer = torch.tensor([graph.layer_pos(n)[0] for n in range(graph.n_nodes)])
     cols = T[:, nodes].T.clone()  # (k, n_nodes)
-    node_pos = pos[nodes]
+    node_pos, node_layer = pos[nodes], layer[nodes]
     outside = (pos[None, :] != node_pos[:, None]) | (kinds == 3)[None, :]
+    # at the last position nothing lies beyond but the logits: there the column's own later layers count too
+    last = (node_pos == graph.n_pos - 1)[:, None] & (pos[None, :] == graph.n_pos - 1)
+    outside |= last & (layer[None, :] > node_layer[:, None])
     cols = cols * outside * keep[None, :]
     cols = cols / cols.abs().sum(0, keepdim=True).clamp_min(1e-12)
     return cols / cols.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -12,7 +12,8 @@ A supernode's name pools its members, each weighted by its influence in the grap
   picture shows anyway): ``(Texas)``. This is what lets a group of
   city features be named by the state the corpus mentions beside them.
 - **says**: when at least a quarter of the group's outgoing edge flow goes straight into a logit node,
-  ``say ' Austin'`` (the logit it pushes hardest, by summed direct edges).
+  ``say ' Austin'`` (the logit it pushes hardest, by summed direct edges), or ``not ' Austin'`` when
+  the strongest push is down.
 
 Names are deterministic. They are guesses to read, not claims; the claims are tested by
 :mod:`clew.circuits.claims`.
@@ -114,7 +115,8 @@ def fires_on_and_topic(
 
 
 def says(graph: Graph, analysis: Analysis, members: list[int]) -> str:
-    """``say 'token'`` when the group writes mostly straight into one logit (module docstring), else ``""``."""
+    """``say 'token'`` (or ``not 'token'``) when the group writes mostly straight into the logits
+    (module docstring), else ``""``."""
     edges = graph.adjacency.float() * analysis.pruned.edge_mask
     out = edges[:, members]  # (rows, k): the group's kept outgoing edges
     flow = out.abs().sum()
@@ -123,10 +125,9 @@ def says(graph: Graph, analysis: Analysis, members: list[int]) -> str:
     to_logits = out[graph.n_features :].sum(1)  # (T,) signed, summed over members
     if float(out[graph.n_features :].abs().sum()) < SAYS_SHARE * float(flow):
         return ""
-    j = int(to_logits.argmax())
-    if float(to_logits[j]) <= 0:
-        return ""
-    return f"say {graph.logit_labels[j]!r}"
+    j = int(to_logits.abs().argmax())
+    verb = "say" if float(to_logits[j]) > 0 else "not"
+    return f"{verb} {graph.logit_labels[j]!r}"
 
 
 def name_of(

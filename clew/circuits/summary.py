@@ -74,6 +74,8 @@ class Circuit:
     coverage: float
     """Share of the graph's whole edge score carried by the kept box edges."""
     supernodes: list[Supernode] = field(default_factory=list)
+    node_mask: Tensor | None = None
+    """(n_nodes,) the pruned graph's nodes, which the summary was made from."""
 
     def index(self, key: str) -> int:
         return next(i for i, b in enumerate(self.boxes) if b.key == key)
@@ -297,6 +299,7 @@ def summarize(
         kept[sub][:, sub],
         coverage,
         supernodes,
+        keep.clone(),
     )
 
 
