@@ -103,22 +103,33 @@ class GroupingConfig:
     """A supernode has at least this many members."""
 
 
-def per_unit(graph: Graph, keep: Tensor) -> Tensor:
-    """(n_nodes, n_nodes) ``P[t, s]``: the direct effect of one unit of source ``s`` on target ``t``,
-    among kept nodes (a feature's unit is its activation; other sources count once)."""
-    full = graph.square().float()
-    full = full * keep[:, None] * keep[None, :]
-    scale = torch.ones(graph.n_nodes)
-    scale[: graph.n_features] = graph.activations.float().clamp_min(1e-12)
-    return full / scale[None, :]
+PROFILE_FRACTION = 0.95
+"""Profiles are computed over the nodes holding this fraction of the influence, whatever the prune
+threshold, so that small changes of the threshold change which features are grouped, not how."""
 
 
-def total_effects(graph: Graph, keep: Tensor) -> Tensor:
-    """(n_nodes, n_nodes) ``T[t, s]``: the whole linear effect of source ``s`` at its activation on
-    target ``t``, along every path of kept edges (features pass changes on with slope 1)."""
-    P = per_unit(graph, keep)
-    scale = torch.ones(graph.n_nodes)
-    scale[: graph.n_features] = graph.activations.float()
+def per_unit(graph: Graph, nodes: Tensor) -> Tensor:
+    """(k, k) ``P[t, s]`` among the graph's ``nodes`` (k,): the direct effect of one unit of source ``s``
+    on target ``t`` (a feature's unit is its activation; other sources count once)."""
+    row_of = torch.full((graph.n_nodes,), -1, dtype=torch.long)
+    row_of[graph.row_nodes()] = torch.arange(graph.n_features + graph.n_logits)
+    rows = row_of[nodes]
+    sub = torch.zeros(len(nodes), len(nodes))
+    has = rows >= 0
+    sub[has] = graph.adjacency[rows[has]][:, nodes].float()
+    scale = torch.ones(len(nodes))
+    is_feature = nodes < graph.n_features
+    scale[is_feature] = graph.activations[nodes[is_feature]].float().clamp_min(1e-12)
+    return sub / scale[None, :]
+
+
+def total_effects(graph: Graph, nodes: Tensor) -> Tensor:
+    """(k, k) ``T[t, s]`` among ``nodes``: the whole linear effect of source ``s`` at its activation on
+    target ``t``, along every path through them (features pass changes on with slope 1)."""
+    P = per_unit(graph, nodes)
+    scale = torch.ones(len(nodes))
+    is_feature = nodes < graph.n_features
+    scale[is_feature] = graph.activations[nodes[is_feature]].float()
     term, total = P, P.clone()
     for _ in range(graph.n_layers + 1):  # paths climb a layer per step
         term = P @ term
@@ -128,22 +139,41 @@ def total_effects(graph: Graph, keep: Tensor) -> Tensor:
     return total * scale[None, :]
 
 
-def profiles(graph: Graph, keep: Tensor, nodes: list[int]) -> Tensor:
-    """(len(nodes), n_nodes) each node's total effect on kept nodes at other positions and on logits,
-    every target's row scaled to unit size across the nodes asked about, then each profile to unit length."""
-    T = total_effects(graph, keep)
-    pos = torch.tensor([graph.layer_pos(n)[1] for n in range(graph.n_nodes)])
+def profile_nodes(graph: Graph, analysis: Analysis, fraction: float = PROFILE_FRACTION) -> Tensor:
+    """The nodes profiles are computed over: those holding ``fraction`` of the influence (at least the
+    analysis' own), so that a feature's profile does not change with the prune threshold."""
+    from clew.attribution.prune import cumulative_threshold
+
+    inf = analysis.pruned.influence
     kinds = graph.kinds()
-    layer = torch.tensor([graph.layer_pos(n)[0] for n in range(graph.n_nodes)])
-    cols = T[:, nodes].T.clone()  # (k, n_nodes)
-    node_pos, node_layer = pos[nodes], layer[nodes]
-    outside = (pos[None, :] != node_pos[:, None]) | (kinds == 3)[None, :]
+    prunable = (kinds == 0) | (kinds == 1)
+    tau = cumulative_threshold(inf[prunable], max(fraction, analysis.node_threshold))
+    return torch.nonzero(~prunable | (inf >= tau) | analysis.pruned.node_mask).squeeze(1)
+
+
+def profiles(graph: Graph, among: Tensor, nodes: list[int]) -> Tensor:
+    """(len(nodes), k) each node's total effect on the ``among`` nodes (k,) at other positions and on
+    the logits, every target's row scaled to unit size across all the features of ``among``, then each
+    profile to unit length."""
+    T = total_effects(graph, among)
+    layer_pos = torch.tensor([graph.layer_pos(int(n)) for n in among])
+    layer, pos = layer_pos[:, 0], layer_pos[:, 1]
+    kinds = graph.kinds()[among]
+    where = {int(n): i for i, n in enumerate(among)}
+    cols = [where[n] for n in nodes]
     # at the last position nothing lies beyond but the logits: there the column's own later layers count too
-    last = (node_pos == graph.n_pos - 1)[:, None] & (pos[None, :] == graph.n_pos - 1)
-    outside |= last & (layer[None, :] > node_layer[:, None])
-    cols = cols * outside * keep[None, :]
-    cols = cols / cols.abs().sum(0, keepdim=True).clamp_min(1e-12)
-    return cols / cols.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    outside = (pos[None, :] != pos[:, None]) | (kinds == 3)[None, :]
+    outside |= (
+        (pos == graph.n_pos - 1)[:, None]
+        & (pos[None, :] == graph.n_pos - 1)
+        & (layer[None, :] > layer[:, None])
+    )
+    prof = T.T * outside  # (k sources, k targets)
+    prof = prof[kinds == 0]
+    prof = prof / prof.abs().sum(0, keepdim=True).clamp_min(1e-12)
+    index = torch.cumsum((kinds == 0).long(), 0) - 1
+    out = prof[index[cols]]
+    return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def contrast_sides(graph: Graph, other: Graph) -> dict[int, str]:
@@ -180,7 +210,7 @@ def group_features(
     if not feats:
         return []
     sides = contrast_sides(graph, contrast) if contrast is not None else {}
-    prof = profiles(graph, keep, feats)
+    prof = profiles(graph, profile_nodes(graph, analysis), feats)
     layer = graph.features[feats, 0].float()
     sim = prof @ prof.T - config.layer_penalty * (layer[:, None] - layer[None, :]).abs() / max(
         graph.n_layers, 1
