@@ -41,6 +41,19 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return config
 
 
+def contained(root: Path, name: str, what: str) -> Path:
+    """``root / name`` for a file name read from a file inside ``root`` (a dictionary's config, a model's
+    index): an absolute path, ``..`` or a link that leads outside ``root`` is a one-line error naming
+    ``what`` (the file and field the name came from)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ClewError(f"{what}: {name!r} is not a file name")
+    root = Path(root)
+    path = root / name
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(root.resolve()):
+        raise ClewError(f"{what}: {name!r} is outside the folder {root}; only files inside it are read")
+    return path
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a fresh temporary file beside it (never a planted link),
     renamed into place: a reader sees the old file or the new one, never half of either."""

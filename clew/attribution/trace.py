@@ -48,6 +48,8 @@ def tokenize(model: Transformer, prompt: str | Sequence[int] | Tensor) -> tuple[
         ids = torch.as_tensor(prompt, dtype=torch.long).flatten()
     if len(ids) == 0:
         raise ClewError("the prompt is empty")
+    if int(ids.min()) < 0 or int(ids.max()) >= model.cfg.vocab_size:
+        raise ClewError(f"the prompt has token ids outside the vocabulary (0..{model.cfg.vocab_size - 1})")
     if len(ids) > model.cfg.n_ctx:
         raise ClewError(f"the prompt has {len(ids)} tokens; the model's context is {model.cfg.n_ctx}")
     return ids, token_strings(model, ids)
