@@ -22,9 +22,9 @@ shape of an id.
 Size: floats are rounded to 6 significant digits and the JSON is compact, one node or link a line. Only
 the nodes and edges the analysis kept are written.
 
-``influence`` is each node's cumulative influence fraction at its rank (``Pruned.cumulative``); the
-viewers' slider shows the nodes whose value is at most the threshold. Embeddings and logits are always
-kept and get 0.0, so every slider position shows them.
+``influence`` is each node's cumulative influence fraction at its rank among every node, embeddings
+included (``Pruned.cumulative``, ranked as circuit-tracer ranks them); the viewers' slider shows the
+nodes whose value is at most the threshold. Logits (always kept, no influence of their own) get 0.0.
 
 Stale caches: ``metadata.info.content_hash`` (also in the ``graph-metadata.json`` entry) is the first 12
 hex digits of the SHA-256 of the nodes and links as written. A viewer that fetches
@@ -158,6 +158,7 @@ def _nodes(graph: Graph, pruned: Pruned, ids: dict[int, str], labels: dict[int, 
                 activation = round6(float(graph.error_norms[layer, pos]))
         elif kind == "embedding":
             rec |= {"feature": int(graph.tokens[pos]), "layer": "E"}
+            influence = round6(float(pruned.cumulative[node]))
         else:
             j = node - graph.logit_offset
             prob = float(graph.logit_probs[j])

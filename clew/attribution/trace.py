@@ -22,6 +22,7 @@ from clew.attribution.prune import influence
 from clew.dictionaries import Transcoder
 from clew.errors import ClewError
 from clew.models import Transformer
+from clew.models.text import token_text
 from clew.replacement import NodeLayout
 
 
@@ -56,9 +57,7 @@ def tokenize(model: Transformer, prompt: str | Sequence[int] | Tensor) -> tuple[
 
 
 def token_strings(model: Transformer, ids: Tensor) -> list[str]:
-    if model.tokenizer is None:
-        return [str(i) for i in ids.tolist()]
-    return [model.tokenizer.decode([i]) for i in ids.tolist()]
+    return [token_text(model.tokenizer, i) for i in ids.tolist()]
 
 
 def token_id(model: Transformer, token: str | int) -> int:
@@ -106,7 +105,7 @@ def choose_targets(
 
 
 def _label(model: Transformer, token: int) -> str:
-    return model.tokenizer.decode([token]) if model.tokenizer is not None else str(token)
+    return token_text(model.tokenizer, token)
 
 
 @torch.no_grad()
