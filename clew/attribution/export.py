@@ -104,6 +104,41 @@ def check_slug(slug: str) -> str:
     return slug
 
 
+SCAN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def public_name(text: str) -> str:
+    """A name fit for a file meant to be shared: a local path becomes its last part (never the path
+    itself, which tells where the user keeps things); hub ids and built-in names stay as they are."""
+    text = str(text or "")
+    if not text or text.startswith("hf://"):
+        return text
+    path = Path(text).expanduser()
+    if path.is_absolute() or text.startswith((".", "~")) or path.exists():
+        return path.resolve().name
+    return text
+
+
+def scan_from(name: str) -> str:
+    """A ``scan`` the viewers accept (``[A-Za-z0-9_.-]``), from a model name, hub id or path: its last
+    part, other characters turned into ``-``."""
+    last = public_name(name).rstrip("/").rsplit("/", 1)[-1]
+    scan = re.sub(r"[^A-Za-z0-9_.-]+", "-", last).strip("-.")[:128]
+    return scan or "unknown"
+
+
+def check_scan(scan: str) -> str:
+    """``scan`` if Neuronpedia accepts it, else a one-line error."""
+    if not SCAN_RE.match(scan):
+        raise ClewError(f"scan {scan!r}: use letters, digits, '.', '_' and '-' only (at most 128)")
+    return scan
+
+
+def _settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``generation_settings`` without unset fields (the upload schema wants integers, never null)."""
+    return {k: v for k, v in _jsonable(settings).items() if v is not None}
+
+
 def top_logit(graph: Graph) -> int:
     """Index (among the logits) of the most probable logit target; the first one on ties."""
     return int(torch.argmax(graph.logit_probs)) if graph.n_logits else -1
@@ -205,7 +240,7 @@ def export_json(
     ``graph-metadata.json``.
 
     ``labels`` maps node indices to display labels (``clerp``); ``model_id`` is the viewers' ``scan``
-    (default: the graph's model name). Returns the path of the graph file.
+    (default: :func:`scan_from` the graph's model name). Returns the path of the graph file.
     """
     from clew import __version__
 
@@ -227,7 +262,7 @@ def export_json(
     content_hash = hashlib.sha256(body.encode("utf-8")).hexdigest()[:12]
 
     whole, sub = analysis.scores, analysis.pruned_scores
-    scan = model_id or graph.model_name or "unknown"
+    scan = model_id or scan_from(graph.model_name)
     created = int(time.time() * 1000)
     metadata: dict[str, Any] = {
         "slug": slug,
@@ -246,8 +281,8 @@ def export_json(
         "create_time_ms": created,
         "content_hash": content_hash,
         "n_layers": graph.n_layers,
-        "model": graph.model_name,
-        "dictionary": graph.dictionary_name,
+        "model": public_name(graph.model_name),
+        "dictionary": public_name(graph.dictionary_name),
         "scores": {
             "replacement": round6(whole.replacement),
             "completeness": round6(whole.completeness),
@@ -255,7 +290,7 @@ def export_json(
             "pruned_completeness": round6(sub.completeness),
         },
     }
-    metadata["generation_settings"] = _jsonable(graph.settings)
+    metadata["generation_settings"] = _settings(graph.settings)
     metadata["pruning_settings"] = {
         "node_threshold": node_threshold,
         "edge_threshold": analysis.edge_threshold,
@@ -277,16 +312,25 @@ def export_json(
     return path
 
 
+def read_index(path: Path) -> dict[str, Any]:
+    """``graph-metadata.json`` (``{"graphs": []}`` when there is none); a damaged one is a one-line
+    error, which ``clew trace`` checks before it computes or writes anything."""
+    if not path.exists():
+        return {"graphs": []}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ClewError(f"{path}: not valid JSON ({type(err).__name__})") from None
+    except OSError as err:
+        raise ClewError(f"{path}: cannot be read ({err.strerror})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("graphs"), list):
+        raise ClewError(f"{path}: field 'graphs' is missing or not a list")
+    return data
+
+
 def _update_index(path: Path, entry: dict[str, Any]) -> None:
     """Add ``entry`` to the ``graphs`` list of ``graph-metadata.json``, replacing one with the same slug."""
-    data: dict[str, Any] = {"graphs": []}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ClewError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("graphs"), list):
-            raise ClewError(f"{path}: field 'graphs' is missing or not a list")
+    data = read_index(path)
     graphs = data["graphs"]
     same = [i for i, g in enumerate(graphs) if isinstance(g, dict) and g.get("slug") == entry["slug"]]
     if same:

@@ -85,7 +85,16 @@ class ModelConfig:
     """The beginning-of-sequence token id, when the family has one."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_mlp", "n_ctx"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "d_head",
+            "d_mlp",
+            "n_ctx",
+        ):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ClewError(f"{name} must be a positive whole number, got {value!r}")
@@ -127,7 +136,9 @@ class ModelConfig:
     def from_hf(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
         """Translate a Hugging Face ``config.json`` (as a dict) into a ``ModelConfig``."""
         kind = d.get("model_type")
-        if kind == "gemma3" and isinstance(d.get("text_config"), dict):  # the multimodal wrapper: take its language model
+        if kind == "gemma3" and isinstance(
+            d.get("text_config"), dict
+        ):  # the multimodal wrapper: take its language model
             d = {**d["text_config"], "model_type": "gemma3_text"}
             kind = "gemma3_text"
         if kind not in SUPPORTED_MODEL_TYPES:

@@ -143,7 +143,9 @@ def check_sizes(model: Transformer, folder: Path) -> None:
     table = weight_table(model.cfg, set(where))
     for name, _ in model.named_parameters(remove_duplicate=False):
         if not (model.cfg.tie_embeddings and name == "unembed.weight") and table[name][0] not in where:
-            raise ClewError(f"{folder}: tensor {table[name][0]!r} (for {name}) is missing from the checkpoint")
+            raise ClewError(
+                f"{folder}: tensor {table[name][0]!r} (for {name}) is missing from the checkpoint"
+            )
     tied = model.cfg.tie_embeddings
     wanted = sum(p.numel() for n, p in model.named_parameters() if not (tied and n == "unembed.weight"))
     stored = _stored_numel(where)
