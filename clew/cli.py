@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clew: error: {err}", file=sys.stderr)
         return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or an argument error already printed in one line
+        return int(done.code or 0) if not isinstance(done.code, str) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

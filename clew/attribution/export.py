@@ -389,6 +389,21 @@ def _logit_prob(node: dict) -> float:
 
 
 def import_json(path: str | Path) -> Graph:
+    """Read a viewer graph JSON (clew's, circuit-tracer's or Neuronpedia's) into a :class:`Graph`; see
+    :func:`_import_json`. Whatever a damaged or hostile file holds, the answer is the graph or a one-line
+    :class:`ClewError` naming the file."""
+    try:
+        return _import_json(path)
+    except ClewError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError, RuntimeError) as err:
+        first = " ".join(str(err).split())[:120]
+        raise ClewError(
+            f"{path}: a field holds a value of the wrong kind ({type(err).__name__}: {first})"
+        ) from None
+
+
+def _import_json(path: str | Path) -> Graph:
     """Read a viewer graph JSON (clew's, circuit-tracer's or Neuronpedia's) into a :class:`Graph`.
 
     The adjacency holds the file's links (rows the features then the logits, as in every graph); edges
@@ -403,6 +418,8 @@ def import_json(path: str | Path) -> Graph:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ClewError(f"{path}: not a JSON file ({err})") from None
+    except RecursionError:
+        raise ClewError(f"{path}: not a graph file (its JSON is nested too deeply)") from None
     if not isinstance(data, dict):
         raise ClewError(f"{path}: the top level is not an object")
     for key, kind in (("metadata", dict), ("nodes", list), ("links", list)):
@@ -459,6 +476,8 @@ def import_json(path: str | Path) -> Graph:
         L = max([x + 1 for x in layers] + logit_layers + [0])
     if layers and max(layers) >= L:
         raise ClewError(f"{path}: field 'metadata.info.n_layers' is {L}, but a node has layer {max(layers)}")
+    if not 1 <= L <= 4096:
+        raise ClewError(f"{path}: field 'metadata.info.n_layers' is {L}; expected 1..4096")
 
     features = sorted((p for p in parsed if p[1] == "feature"), key=lambda p: (p[2], p[3], p[4]))
     logits = [p for p in parsed if p[1] == "logit"]
@@ -470,6 +489,10 @@ def import_json(path: str | Path) -> Graph:
         )
     embed_offset = Nf + L * P
     logit_offset = embed_offset + P
+    if (Nf + T) * (logit_offset + T) > 2**31:  # the adjacency would need more than 8 GB
+        raise ClewError(
+            f"{path}: {Nf} features, {L} layers and {P} tokens make an adjacency too large to hold"
+        )
     index: dict[str, int] = {}
     tokens = torch.full((P,), -1, dtype=torch.long)
     error_norms = torch.zeros(L, P)

@@ -61,6 +61,9 @@ def read(
     config_path = folder / "config.yaml"
     where = str(config_path)
     config = load_yaml(config_path)
+    _check_types(config, _CONFIG_TYPES, where)
+    if isinstance(config.get("clew"), dict):
+        _check_types(config["clew"], _CLEW_TYPES, f"{where}: clew")
     facts = Facts(where=where)
     model_kind = config.get("model_kind")
     if model_kind not in MODEL_KINDS:
@@ -84,6 +87,38 @@ def read(
     else:
         parts = _clt_layers(folder, facts)
     return assemble(facts, parts, lazy=lazy, device=device, dtype=dtype)
+
+
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "model_kind": (str,),
+    "feature_input_hook": (str,),
+    "feature_output_hook": (str,),
+    "activation": (str,),
+    "k": (int,),
+    "model_name": (str,),
+    "clew": (dict,),
+    "transcoders": (list,),
+}
+_CLEW_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,),
+    "read": (str,),
+    "write": (str,),
+    "activation": (str,),
+    "k": (int,),
+    "n_layers": (int,),
+    "model_name": (str,),
+    "layers": (list,),
+    "extra": (dict,),
+}
+
+
+def _check_types(config: dict[str, Any], types: dict[str, tuple[type, ...]], where: str) -> None:
+    """Each known field, when set, of its type (a mapping where a name belongs is a one-line error)."""
+    for name, kinds in types.items():
+        value = config.get(name)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ClewError(f"{where}: {name}: expected {names}, got {type(value).__name__} {value!r:.60}")
 
 
 def _apply_clew_block(facts: Facts, block: Any, where: str) -> None:
