@@ -115,7 +115,13 @@ def public_name(text: str) -> str:
         return text
     path = Path(text).expanduser()
     if path.is_absolute() or text.startswith((".", "~")) or path.exists():
-        return path.resolve().name
+        path = path.resolve()
+        generic = path.name in (
+            "config.yaml",
+            "cfg.json",
+            "config.json",
+        )  # a folder's own config: name the folder
+        return path.parent.name if generic else path.name
     return text
 
 
