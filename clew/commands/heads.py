@@ -217,7 +217,9 @@ def run_phases(args: argparse.Namespace) -> int:
     figure = phase_figure(
         rows, out / "phases.svg", f"induction heads across training ({Path(args.checkpoints).name})"
     )
-    (out / "phases.json").write_text(json.dumps([r.to_dict() for r in rows]) + "\n")
+    from clew.files import write_atomic
+
+    write_atomic(out / "phases.json", json.dumps([r.to_dict() for r in rows]) + "\n")
     print(f"wrote {figure}, {out / 'phases.json'}")
     return 0
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from clew.allocator import keep_freed_memory
 from clew.dictionaries import Transcoder, save_transcoder
 from clew.errors import ClewError
-from clew.files import replacing
+from clew.files import replacing, write_atomic
 from clew.training import dist
 from clew.training.config import TrainConfig
 from clew.training.data import ActivationStream, StreamState, open_text
@@ -278,7 +278,7 @@ class Trainer:
                 }
             save_transcoder(tc, self.out)
             report = {"metrics": metrics.to_dict() if metrics else None, "history": self.history}
-            (self.out / "metrics.json").write_text(json.dumps(report, indent=1))
+            write_atomic(self.out / "metrics.json", json.dumps(report, indent=1))
         dist.barrier()
         return TrainResult(tc, metrics, list(self.history))
 
