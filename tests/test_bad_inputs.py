@@ -605,3 +605,62 @@ def test_fuzz_loaders_raise_only_clew_errors(world: Path, tmp_path):
                 path.write_text(json.dumps(mutate_json(viewer, rng)))
                 attempt(kind, lambda p=path: import_json(p))
     assert all(n >= 5 for n in tried.values()), tried
+
+
+# ---- writes that are one unit ------------------------------------------------------------------------
+
+
+def test_an_interrupted_trace_leaves_the_old_files_and_no_temporaries(
+    world: Path, tmp_path, monkeypatch, capsys
+):
+    """Killed while the viewer JSON is written (here: an interruption raised there), a trace over an
+    earlier one leaves the earlier graph file and JSON as they were, and no temporary file; temporaries
+    a killed process left behind are removed by the next trace of the slug."""
+    import clew.attribution.export as export
+
+    shutil.copytree(world / "graphs", tmp_path / "out")
+    stale = tmp_path / "out" / ".g.safetensors.abc123.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    before = snapshot(tmp_path / "out")
+    monkeypatch.setattr(export, "write_atomic", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    argv = ["trace", "w2 w3 w4 w5", "-m", str(world / "model"), "-d", str(world / "tc"), "--quiet"]
+    assert main([*argv, "-o", str(tmp_path / "out"), "--slug", "g"]) == 130
+    after = snapshot(tmp_path / "out")
+    del before[str(stale)]
+    assert after == before  # the old pair whole, the stale temporary gone, no new one
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_dictionary_write_that_fails_half_way_leaves_the_old_one(world: Path, tmp_path, monkeypatch):
+    import clew.dictionaries.formats.circuit_tracer as ct
+
+    shutil.copytree(world / "tc-other", tmp_path / "dst")
+    before = snapshot(tmp_path / "dst")
+    tc = load_transcoder(world / "tc", lazy=False)
+    real, calls = ct._plt_tensors, []
+
+    def failing(tc, layer):
+        calls.append(layer)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(tc, layer)
+
+    monkeypatch.setattr(ct, "_plt_tensors", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save_transcoder(tc, tmp_path / "dst")
+    assert snapshot(tmp_path / "dst") == before  # no layer replaced, no staging folder left
+    monkeypatch.setattr(ct, "_plt_tensors", real)
+    save_transcoder(tc, tmp_path / "dst")
+    assert load_transcoder(tmp_path / "dst").cfg.d_model == 64
+
+
+def test_a_planted_link_at_a_temporary_name_is_never_followed(world: Path, tmp_path, capsys):
+    shutil.copytree(world / "graphs", tmp_path / "out")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    for name in (".g.json.tmp", "g.json.tmp", ".g.safetensors.tmp", ".graph-metadata.json.tmp"):
+        (tmp_path / "out" / name).symlink_to(victim)
+    argv = ["trace", PROMPT, "-m", str(world / "model"), "-d", str(world / "tc"), "--quiet"]
+    assert main([*argv, "-o", str(tmp_path / "out"), "--slug", "g"]) == 0
+    assert victim.read_text() == "keep"
+    assert Graph.load(tmp_path / "out" / "g.safetensors").prompt == PROMPT
