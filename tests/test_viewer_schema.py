@@ -172,8 +172,11 @@ def files(tmp_path_factory) -> dict[str, list[Path]]:
     folder = str(ORGANISM.folder)
     argv = ["trace", "The capital of France is", "-m", folder, "-d", f"{folder}/clt", "--quiet"]
     assert main([*argv, "--max-feature-nodes", "8", "--out", str(root / "path")]) == 0
-    listed = {name: sorted((root / name).glob("*.json")) for name in ("demo", "budget", "path")}
-    return {k: [p for p in v if p.name != "graph-metadata.json"] for k, v in listed.items()}
+    out = {}
+    for name in ("demo", "budget", "path"):  # the graphs each folder's graph-metadata.json lists
+        index = json.loads((root / name / "graph-metadata.json").read_text())
+        out[name] = [root / name / f"{g['slug']}.json" for g in index["graphs"]]
+    return out
 
 
 def all_files(files: dict[str, list[Path]]) -> list[Path]:
