@@ -438,6 +438,12 @@ CASES = [
     Case("aggregate-store-missing", ["aggregate", "{t}/none"], expect="none"),
     Case("diff-store-missing", ["diff", "{t}/a", "{t}/b"], expect="{t}/a"),
     Case("command-unknown", ["tracer", PROMPT], expect="tracer"),
+    # --- clew circuit (traces like clew trace, then groups)
+    Case("circuit-batch-size-0", ["circuit", PROMPT, "-m", M, "-d", D, "--batch-size", "0", "--out", "{t}/c"], expect="--batch-size"),
+    Case("circuit-node-threshold-nan", ["circuit", PROMPT, "-m", M, "-d", D, "--node-threshold", "nan", "--out", "{t}/c"], expect="--node-threshold"),
+    Case("circuit-group-threshold-text", ["circuit", PROMPT, "-m", M, "-d", D, "--group-threshold", "high"], expect="--group-threshold"),
+    Case("circuit-dictionary-broken", ["circuit", PROMPT, "-m", M, "-d", "{t}/tc", "--out", "{t}/c"], write_dictionary_file("config.yaml", "a: [1"), expect="YAML"),
+    Case("circuit-device-unknown", ["circuit", PROMPT, "-m", M, "-d", D, "--device", "tpu9", "--out", "{t}/c"], expect="--device"),
 ]  # fmt: skip
 
 
