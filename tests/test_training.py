@@ -176,6 +176,27 @@ def test_resume_refuses_other_settings(tiny):
         Trainer(replace(cfg, resume=True, k=3), tiny["model"])
 
 
+class _Planted:
+    """An object whose unpickling would create a marker file: what a planted checkpoint would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_never_runs_a_planted_pickle(tiny, tmp_path):
+    cfg = config(tiny, "planted", steps=2)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    marker = tmp_path / "ran"
+    torch.save({"config": {}, "step": 1, "payload": _Planted(marker)}, Path(cfg.out) / "checkpoint.pt")
+    with pytest.raises(ClewError, match="cannot read the checkpoint"):
+        Trainer(replace(cfg, resume=True), tiny["model"])
+    assert not marker.exists()
+    assert not list(Path(cfg.out).glob(".checkpoint.pt.*"))
+
+
 # ----- two processes equal one ------------------------------------------------------------------------
 
 

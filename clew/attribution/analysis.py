@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from clew.attribution.graph import Graph
 from clew.attribution.prune import Pruned, Scores, prune, scores
+from clew.errors import ClewError
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Analysis:
 
 def analyze(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Analysis:
     """Prune ``graph`` at the thresholds and score it whole and pruned: one pruning, two scorings."""
+    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not isinstance(value, (int, float)) or not 0 < value <= 1:  # NaN fails too
+            raise ClewError(f"{name} must be in (0, 1], got {value}")
     pruned = prune(graph, node_threshold, edge_threshold)
     return Analysis(
         node_threshold=node_threshold,

@@ -31,9 +31,9 @@ their links) and reads the rest.
 Size: floats are rounded to 6 significant digits and the JSON is compact, one node or link a line. Only
 the nodes and edges the analysis kept are written.
 
-``influence`` is each node's cumulative influence fraction at its rank (``Pruned.cumulative``); the
-viewers' slider shows the nodes whose value is at most the threshold. Embeddings and logits are always
-kept and get 0.0, so every slider position shows them.
+``influence`` is each node's cumulative influence fraction at its rank among every node, embeddings
+included (``Pruned.cumulative``, ranked as circuit-tracer ranks them); the viewers' slider shows the
+nodes whose value is at most the threshold. Logits (always kept, no influence of their own) get 0.0.
 
 Stale caches: ``metadata.info.content_hash`` (also in the ``graph-metadata.json`` entry) is the first 12
 hex digits of the SHA-256 of the nodes and links as written. A viewer that fetches
@@ -117,6 +117,47 @@ def check_slug(slug: str) -> str:
     return slug
 
 
+SCAN_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def public_name(text: str) -> str:
+    """A name fit for a file meant to be shared: a local path becomes its last part (never the path
+    itself, which tells where the user keeps things); hub ids and built-in names stay as they are."""
+    text = str(text or "")
+    if not text or text.startswith("hf://"):
+        return text
+    path = Path(text).expanduser()
+    if path.is_absolute() or text.startswith((".", "~")) or path.exists():
+        path = path.resolve()
+        generic = path.name in (
+            "config.yaml",
+            "cfg.json",
+            "config.json",
+        )  # a folder's own config: name the folder
+        return path.parent.name if generic else path.name
+    return text
+
+
+def scan_from(name: str) -> str:
+    """A ``scan`` the viewers accept (``[A-Za-z0-9_.-]``), from a model name, hub id or path: its last
+    part, other characters turned into ``-``."""
+    last = public_name(name).rstrip("/").rsplit("/", 1)[-1]
+    scan = re.sub(r"[^A-Za-z0-9_.-]+", "-", last).strip("-.")[:128]
+    return scan or "unknown"
+
+
+def check_scan(scan: str) -> str:
+    """``scan`` if Neuronpedia accepts it, else a one-line error."""
+    if not SCAN_RE.match(scan):
+        raise ClewError(f"scan {scan!r}: use letters, digits, '.', '_' and '-' only (at most 128)")
+    return scan
+
+
+def _settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``generation_settings`` without unset fields (the upload schema wants integers, never null)."""
+    return {k: v for k, v in _jsonable(settings).items() if v is not None}
+
+
 def top_logit(graph: Graph) -> int:
     """Index (among the logits) of the most probable logit target; the first one on ties."""
     return int(torch.argmax(graph.logit_probs)) if graph.n_logits else -1
@@ -171,6 +212,7 @@ def _nodes(graph: Graph, pruned: Pruned, ids: dict[int, str], labels: dict[int, 
                 activation = round6(float(graph.error_norms[layer, pos]))
         elif kind == "embedding":
             rec |= {"feature": int(graph.tokens[pos]), "layer": "E"}
+            influence = round6(float(pruned.cumulative[node]))
         else:
             j = node - graph.logit_offset
             prob = float(graph.logit_probs[j])
@@ -295,7 +337,7 @@ def export_json(
     (:func:`~clew.attribution.head_graph.routed_view`; see the module docstring for how heads appear).
 
     ``labels`` maps node indices to display labels (``clerp``); ``model_id`` is the viewers' ``scan``
-    (default: the graph's model name). Returns the path of the graph file.
+    (default: :func:`scan_from` the graph's model name). Returns the path of the graph file.
     """
     from clew import __version__
 
@@ -323,7 +365,7 @@ def export_json(
     content_hash = hashlib.sha256(body.encode("utf-8")).hexdigest()[:12]
 
     whole, sub = analysis.scores, analysis.pruned_scores
-    scan = model_id or graph.model_name or "unknown"
+    scan = model_id or scan_from(graph.model_name)
     created = int(time.time() * 1000)
     metadata: dict[str, Any] = {
         "slug": slug,
@@ -342,8 +384,8 @@ def export_json(
         "create_time_ms": created,
         "content_hash": content_hash,
         "n_layers": graph.n_layers,
-        "model": graph.model_name,
-        "dictionary": graph.dictionary_name,
+        "model": public_name(graph.model_name),
+        "dictionary": public_name(graph.dictionary_name),
         **({"heads": _heads_info(heads, head_ids, head_share)} if heads is not None else {}),
         "scores": {
             "replacement": round6(whole.replacement),
@@ -352,7 +394,7 @@ def export_json(
             "pruned_completeness": round6(sub.completeness),
         },
     }
-    metadata["generation_settings"] = _jsonable(graph.settings)
+    metadata["generation_settings"] = _settings(graph.settings)
     metadata["pruning_settings"] = {
         "node_threshold": node_threshold,
         "edge_threshold": analysis.edge_threshold,
@@ -374,16 +416,25 @@ def export_json(
     return path
 
 
+def read_index(path: Path) -> dict[str, Any]:
+    """``graph-metadata.json`` (``{"graphs": []}`` when there is none); a damaged one is a one-line
+    error, which ``clew trace`` checks before it computes or writes anything."""
+    if not path.exists():
+        return {"graphs": []}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ClewError(f"{path}: not valid JSON ({type(err).__name__})") from None
+    except OSError as err:
+        raise ClewError(f"{path}: cannot be read ({err.strerror})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("graphs"), list):
+        raise ClewError(f"{path}: field 'graphs' is missing or not a list")
+    return data
+
+
 def _update_index(path: Path, entry: dict[str, Any]) -> None:
     """Add ``entry`` to the ``graphs`` list of ``graph-metadata.json``, replacing one with the same slug."""
-    data: dict[str, Any] = {"graphs": []}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ClewError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("graphs"), list):
-            raise ClewError(f"{path}: field 'graphs' is missing or not a list")
+    data = read_index(path)
     graphs = data["graphs"]
     same = [i for i, g in enumerate(graphs) if isinstance(g, dict) and g.get("slug") == entry["slug"]]
     if same:
@@ -442,6 +493,21 @@ def _logit_prob(node: dict) -> float:
 
 
 def import_json(path: str | Path) -> Graph:
+    """Read a viewer graph JSON (clew's, circuit-tracer's or Neuronpedia's) into a :class:`Graph`; see
+    :func:`_import_json`. Whatever a damaged or hostile file holds, the answer is the graph or a one-line
+    :class:`ClewError` naming the file."""
+    try:
+        return _import_json(path)
+    except ClewError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError, RuntimeError) as err:
+        first = " ".join(str(err).split())[:120]
+        raise ClewError(
+            f"{path}: a field holds a value of the wrong kind ({type(err).__name__}: {first})"
+        ) from None
+
+
+def _import_json(path: str | Path) -> Graph:
     """Read a viewer graph JSON (clew's, circuit-tracer's or Neuronpedia's) into a :class:`Graph`.
 
     The adjacency holds the file's links (rows the features then the logits, as in every graph); edges
@@ -456,6 +522,8 @@ def import_json(path: str | Path) -> Graph:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ClewError(f"{path}: not a JSON file ({err})") from None
+    except RecursionError:
+        raise ClewError(f"{path}: not a graph file (its JSON is nested too deeply)") from None
     if not isinstance(data, dict):
         raise ClewError(f"{path}: the top level is not an object")
     for key, kind in (("metadata", dict), ("nodes", list), ("links", list)):
@@ -524,6 +592,8 @@ def import_json(path: str | Path) -> Graph:
         L = max([x + 1 for x in layers] + logit_layers + [0])
     if layers and max(layers) >= L:
         raise ClewError(f"{path}: field 'metadata.info.n_layers' is {L}, but a node has layer {max(layers)}")
+    if not 1 <= L <= 4096:
+        raise ClewError(f"{path}: field 'metadata.info.n_layers' is {L}; expected 1..4096")
 
     features = sorted((p for p in parsed if p[1] == "feature"), key=lambda p: (p[2], p[3], p[4]))
     logits = [p for p in parsed if p[1] == "logit"]
@@ -535,6 +605,10 @@ def import_json(path: str | Path) -> Graph:
         )
     embed_offset = Nf + L * P
     logit_offset = embed_offset + P
+    if (Nf + T) * (logit_offset + T) > 2**31:  # the adjacency would need more than 8 GB
+        raise ClewError(
+            f"{path}: {Nf} features, {L} layers and {P} tokens make an adjacency too large to hold"
+        )
     index: dict[str, int] = {}
     tokens = torch.full((P,), -1, dtype=torch.long)
     error_norms = torch.zeros(L, P)

@@ -211,6 +211,8 @@ class Graph:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:
             raise ClewError(f"{path}: not a readable graph file ({err})") from None
+        if not isinstance(meta, dict):
+            raise ClewError(f"{path}: its metadata is not a JSON object")
         return tensors, meta
 
     @classmethod
@@ -222,7 +224,10 @@ class Graph:
             )
         if meta.get("format") != FORMAT:
             raise ClewError(f"{path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
-        return cls.from_parts(tensors, meta)
+        _check_file(meta, tensors, Path(path))
+        graph = cls.from_parts(tensors, meta)
+        graph.check_finite(str(path))
+        return graph
 
     @classmethod
     def from_parts(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Graph:
@@ -245,3 +250,95 @@ class Graph:
             logit_vectors=tensors.get("logit_vectors"),
             annotations=meta.get("annotations", {}),
         )
+
+    def check_finite(self, where: str = "the graph") -> None:
+        """A one-line error naming the first node whose activation or row of edges holds NaN or an
+        infinity (a model or dictionary that overflowed, or a damaged file)."""
+        bad = ~torch.isfinite(self.activations)
+        if bool(bad.any()):
+            node = int(bad.nonzero()[0])
+            raise ClewError(
+                f"{where}: the activation of {self.describe(node)} is {float(self.activations[node])}"
+            )
+        if not bool(torch.isfinite(self.logit_probs).all()):
+            raise ClewError(f"{where}: a logit probability is NaN or infinite")
+        for start in range(0, len(self.adjacency), 4096):
+            rows = ~torch.isfinite(self.adjacency[start : start + 4096]).all(1)
+            if bool(rows.any()):
+                node = int(self.row_nodes()[start + int(rows.nonzero()[0])])
+                raise ClewError(f"{where}: the edges into {self.describe(node)} hold NaN or infinite values")
+
+
+_TENSORS = {
+    "tokens": (1, False),
+    "features": (2, False),
+    "activations": (1, True),
+    "logit_tokens": (1, False),
+    "logit_probs": (1, True),
+    "adjacency": (2, True),
+    "error_norms": (2, True),
+    "logit_vectors": (2, True),
+}
+"""Each tensor of a graph file: (number of dimensions, floating point?)."""
+
+
+def _check_file(meta: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> None:
+    """Every field and tensor of a graph file present, of its type, and of sizes that agree with each
+    other (a damaged or hostile file is a one-line error naming the field or tensor, never a crash or
+    a huge allocation later)."""
+    for name, kind in (("prompt", str), ("token_strings", list), ("n_layers", int), ("logit_labels", list)):
+        if not isinstance(meta.get(name), kind) or isinstance(meta.get(name), bool):
+            raise ClewError(f"{path}: field {name!r} is missing or not a {kind.__name__}")
+    for name, kind in (
+        ("model_name", str),
+        ("dictionary_name", str),
+        ("settings", dict),
+        ("annotations", dict),
+    ):
+        if name in meta and not isinstance(meta[name], kind):
+            raise ClewError(f"{path}: field {name!r} is not a {kind.__name__}")
+    for name, (ndim, floating) in _TENSORS.items():
+        if name not in tensors:
+            if name in ("error_norms", "logit_vectors"):
+                continue
+            raise ClewError(f"{path}: tensor {name!r} is missing")
+        t = tensors[name]
+        if t.ndim != ndim or t.is_floating_point() != floating or t.dtype == torch.bool:
+            raise ClewError(
+                f"{path}: tensor {name!r} is {t.ndim}-d {t.dtype}, expected {ndim}-d "
+                f"{'floating point' if floating else 'integer'}"
+            )
+    P, L = len(tensors["tokens"]), meta["n_layers"]
+    F, T = len(tensors["features"]), len(tensors["logit_tokens"])
+    if P < 1 or not 1 <= L <= 4096:
+        raise ClewError(f"{path}: {P} tokens and {L} layers; expected at least one token and 1..4096 layers")
+    if len(meta["token_strings"]) != P or not all(isinstance(x, str) for x in meta["token_strings"]):
+        raise ClewError(
+            f"{path}: field 'token_strings' has {len(meta['token_strings'])} strings for {P} tokens"
+        )
+    if len(meta["logit_labels"]) != T or not all(isinstance(x, str) for x in meta["logit_labels"]):
+        raise ClewError(
+            f"{path}: field 'logit_labels' has {len(meta['logit_labels'])} strings for {T} logits"
+        )
+    shapes = {
+        "features": (F, 3),
+        "activations": (F,),
+        "logit_probs": (T,),
+        "adjacency": (F + T, F + L * P + P + T),
+        "error_norms": (L, P),
+    }
+    for name, shape in shapes.items():
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            raise ClewError(
+                f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}"
+            )
+    if "logit_vectors" in tensors and len(tensors["logit_vectors"]) != T:
+        raise ClewError(
+            f"{path}: tensor 'logit_vectors' has {len(tensors['logit_vectors'])} rows for {T} logits"
+        )
+    if F:
+        layer, pos, index = tensors["features"].unbind(1)
+        if int(layer.min()) < 0 or int(layer.max()) >= L or int(pos.min()) < 0 or int(pos.max()) >= P:
+            raise ClewError(f"{path}: tensor 'features' has a layer or position outside the graph")
+        if int(index.min()) < 0:
+            raise ClewError(f"{path}: tensor 'features' has a negative feature index")

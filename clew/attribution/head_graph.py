@@ -183,8 +183,13 @@ class HeadGraph:
             raise ClewError(f"{path}: a plain graph, without heads: route it with `clew trace --heads`")
         if meta.get("format") != FORMAT:
             raise ClewError(f"{path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}")
+        from clew.attribution.graph import _check_file
+
+        _check_file(meta, tensors, path)
+        graph = Graph.from_parts(tensors, meta)
+        graph.check_finite(str(path))
         return cls(
-            graph=Graph.from_parts(tensors, meta),
+            graph=graph,
             heads=tensors["heads"],
             routes=tensors["routes"],
             route_weights=tensors["route_weights"],

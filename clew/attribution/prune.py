@@ -121,12 +121,12 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     kinds = graph.kinds()
     inf = graph_influence(graph)
     prunable = (kinds == 0) | (kinds == 1)
-    order = torch.argsort(inf[prunable], descending=True)
-    cum_sorted = inf[prunable][order].cumsum(0) / inf[prunable].sum().clamp_min(1e-30)
+    # every node is ranked (embeddings too, as circuit-tracer does): the threshold and the cumulative
+    # fractions the viewers' slider compares with node_threshold then mean the same in both tools
+    order = torch.argsort(inf, descending=True)
     cumulative = torch.zeros(graph.n_nodes)
-    idx = torch.nonzero(prunable).squeeze(1)[order]
-    cumulative[idx] = cum_sorted
-    threshold = cumulative_threshold(inf[prunable], node_threshold)
+    cumulative[order] = inf[order].cumsum(0) / inf.sum().clamp_min(1e-30)
+    threshold = cumulative_threshold(inf, node_threshold)
     node_mask = ~prunable | (inf >= threshold)
 
     rows, row_nodes = graph.adjacency, graph.row_nodes()

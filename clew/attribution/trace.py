@@ -22,6 +22,7 @@ from clew.attribution.prune import influence
 from clew.dictionaries import Transcoder
 from clew.errors import ClewError
 from clew.models import Transformer
+from clew.models.text import token_text
 from clew.replacement import NodeLayout
 
 
@@ -48,15 +49,15 @@ def tokenize(model: Transformer, prompt: str | Sequence[int] | Tensor) -> tuple[
         ids = torch.as_tensor(prompt, dtype=torch.long).flatten()
     if len(ids) == 0:
         raise ClewError("the prompt is empty")
+    if int(ids.min()) < 0 or int(ids.max()) >= model.cfg.vocab_size:
+        raise ClewError(f"the prompt has token ids outside the vocabulary (0..{model.cfg.vocab_size - 1})")
     if len(ids) > model.cfg.n_ctx:
         raise ClewError(f"the prompt has {len(ids)} tokens; the model's context is {model.cfg.n_ctx}")
     return ids, token_strings(model, ids)
 
 
 def token_strings(model: Transformer, ids: Tensor) -> list[str]:
-    if model.tokenizer is None:
-        return [str(i) for i in ids.tolist()]
-    return [model.tokenizer.decode([i]) for i in ids.tolist()]
+    return [token_text(model.tokenizer, i) for i in ids.tolist()]
 
 
 def token_id(model: Transformer, token: str | int) -> int:
@@ -104,7 +105,7 @@ def choose_targets(
 
 
 def _label(model: Transformer, token: int) -> str:
-    return model.tokenizer.decode([token]) if model.tokenizer is not None else str(token)
+    return token_text(model.tokenizer, token)
 
 
 @torch.no_grad()
@@ -130,9 +131,17 @@ def trace(
     (``contrast``), or any ``direction`` (D,) at the final norm's output.
     """
     started = time.perf_counter()
+    for name, value in (("max_n_logits", max_n_logits), ("batch_size", batch_size)):
+        if value is not None and (type(value) is not int or value < 1):
+            raise ClewError(f"{name} must be a positive whole number, got {value!r}")
+    if max_feature_nodes is not None and (type(max_feature_nodes) is not int or max_feature_nodes < 0):
+        raise ClewError(f"max_feature_nodes must be a whole number >= 0, got {max_feature_nodes!r}")
+    if not 0 < desired_logit_prob <= 1:
+        raise ClewError(f"desired_logit_prob must be in (0, 1], got {desired_logit_prob}")
     tokens, strings = tokenize(model, prompt)
     model_dtype = next(model.parameters()).dtype
     engine = Engine(model, transcoder, tokens.to(model.embed.weight.device), dtype=dtype)
+    _check_forward(engine)
     chosen = choose_targets(engine, model, targets, contrast, direction, max_n_logits, desired_logit_prob)
     logit_targets = engine.direction_targets(torch.stack([t.vector for t in chosen]))
     T = len(chosen)
@@ -164,6 +173,7 @@ def trace(
     graph = _assemble(
         engine, model, transcoder, prompt, tokens, strings, chosen, selected, rows[T:], rows[:T]
     )
+    graph.check_finite("the traced graph")
     graph.settings.update(
         max_n_logits=max_n_logits,
         desired_logit_prob=desired_logit_prob,
@@ -175,6 +185,24 @@ def trace(
         seconds=round(time.perf_counter() - started, 3),
     )
     return graph
+
+
+def _check_finite_at(values: Tensor, layers: Tensor, what: str) -> None:
+    bad = ~torch.isfinite(values)
+    while bad.dim() > 1:
+        bad = bad.any(-1)
+    if bool(bad.any()):
+        layer = int(layers[int(bad.nonzero()[0])])
+        raise ClewError(
+            f"{what} at layer {layer} are NaN or infinite: the model or dictionary overflowed there"
+        )
+
+
+def _check_forward(engine: Engine) -> None:
+    """Stop before any row is computed when the clean forward pass gave NaN or infinities."""
+    _check_finite_at(engine.feat_act, engine.feat_layer, "feature activations")
+    errors = engine.errors
+    _check_finite_at(errors.reshape(errors.shape[0], -1), torch.arange(errors.shape[0]), "error vectors")
 
 
 def _most_influential(

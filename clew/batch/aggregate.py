@@ -22,6 +22,7 @@ from clew.batch.nodes import Key, View, describe, view
 from clew.batch.stats import bh_qvalues, fisher_exact
 from clew.batch.store import GraphStore
 from clew.errors import ClewError
+from clew.files import replacing
 
 ALL = "*"
 
@@ -227,20 +228,17 @@ def write_table(rows: list[Any], path: str | Path) -> Path:
             raise ClewError(
                 "writing Parquet needs pyarrow: pip install pyarrow (or give a .csv path)"
             ) from None
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(pa.table({n: [getattr(r, n) for r in rows] for n in names}), tmp)
-        tmp.replace(path)
+        with replacing(path) as tmp:  # a fresh temporary (never a planted link), renamed into place
+            pq.write_table(pa.table({n: [getattr(r, n) for r in rows] for n in names}), tmp)
         return path
     if path.suffix != ".csv":
         raise ClewError(f"{path}: give a .csv or .parquet path")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=names)
         writer.writeheader()
         for r in rows:
             d = asdict(r)
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in d.items()})
-    tmp.replace(path)
     return path
 
 

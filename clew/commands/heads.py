@@ -120,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         raise ClewError(f"--top must be positive, got {args.top}")
     if args.ablate_top < 0:
         raise ClewError(f"--ablate-top must be zero or more, got {args.ablate_top}")
+    if args.sequences < 1:
+        raise ClewError(f"--sequences must be positive, got {args.sequences}")
+    if args.length is not None and args.length < 2:
+        raise ClewError(f"--length must be at least 2, got {args.length}")
     text = None
     if args.text:
         try:
@@ -213,7 +217,9 @@ def run_phases(args: argparse.Namespace) -> int:
     figure = phase_figure(
         rows, out / "phases.svg", f"induction heads across training ({Path(args.checkpoints).name})"
     )
-    (out / "phases.json").write_text(json.dumps([r.to_dict() for r in rows]) + "\n")
+    from clew.files import write_atomic
+
+    write_atomic(out / "phases.json", json.dumps([r.to_dict() for r in rows]) + "\n")
     print(f"wrote {figure}, {out / 'phases.json'}")
     return 0
 

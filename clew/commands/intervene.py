@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.generate < 0:
         raise ClewError(f"--generate must be zero or more, got {args.generate}")
+    if not args.temperature >= 0 or args.temperature == float("inf"):  # NaN fails too
+        raise ClewError(f"--temperature must be a number >= 0, got {args.temperature}")
     if args.top < 1:
         raise ClewError(f"--top must be positive, got {args.top}")
     if bool(args.swap) != bool(args.answers):

@@ -16,8 +16,10 @@ examples:
   clew trace "The opposite of small is" --model organism --contrast " large" " big" --verify 64
   clew trace "Fact: the capital of France is" --model smollm2-135m --dictionary ./tc --features tc.sqlite
 
-writes DIR/<slug>.safetensors (the whole graph: clew.Graph.load reads it), DIR/<slug>.json and
-DIR/graph-metadata.json (the viewers' format, pruned at --node-threshold / --edge-threshold).
+writes DIR/<slug>.safetensors (the whole graph: clew.attribution.Graph.load reads it), DIR/<slug>.json
+and DIR/graph-metadata.json (the viewers' format, pruned at --node-threshold / --edge-threshold). The
+out folder and its graph-metadata.json are checked before anything is computed; every file is written to
+a temporary first and renamed into place at the end, so an interrupted trace leaves the old files.
 
 With --heads, also DIR/<slug>.heads.safetensors (clew.attribution.head_graph.HeadGraph.load reads it)
 and DIR/<slug>-heads.json: the same pruned graph with every kept edge across positions routed through
@@ -86,6 +88,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --heads: store routes of at least this fraction of their target's largest edge; the "
         "rest stays in the direct edges, so the routing is exact either way (default: %(default)s)",
     )
+    p.add_argument(
+        "--scan",
+        help="the viewers' model id (letters, digits, '.', '_', '-'; for Neuronpedia, a model it hosts, "
+        "e.g. gemma-2-2b; default: from --model's name)",
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -140,9 +147,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from clew.attribution import analyze, trace
-    from clew.attribution.export import check_slug, export_json, slug_from
+    from clew.attribution.export import (
+        INDEX_FILE,
+        check_scan,
+        check_slug,
+        export_json,
+        read_index,
+        scan_from,
+        slug_from,
+    )
     from clew.commands.features import VIEWER_BASE, graph_labels, write_graph_features
     from clew.errors import ClewError
+    from clew.files import check_out_dir, remove_stale_temporaries, replacing
     from clew.resolve import load_model_and_dictionary
 
     check_tracing_options(args)
@@ -151,6 +167,16 @@ def run(args: argparse.Namespace) -> int:
     if args.head_tolerance < 0:
         raise ClewError(f"--head-tolerance must be zero or more, got {args.head_tolerance}")
     slug = check_slug(args.slug) if args.slug else slug_from(args.prompt)
+    if args.verify < 0:
+        raise ClewError(f"--verify must be 0 or more, got {args.verify}")
+    if args.scan is not None:
+        check_scan(args.scan)
+        if args.local_viewer:
+            raise ClewError("--scan and --local-viewer both set the scan; give one")
+    out = check_out_dir(Path(args.out))
+    read_index(out / INDEX_FILE)  # a damaged index fails now, before anything is computed or replaced
+    remove_stale_temporaries(out, f"{slug}.safetensors")
+    remove_stale_temporaries(out, f"{slug}.json")
     model, dictionary = load_model_and_dictionary(args.model, args.dictionary, device=args.device)
     graph = trace(
         model,
@@ -165,24 +191,27 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype),
         progress=not args.quiet,
     )
-    out = Path(args.out)
-    graph.save(out / f"{slug}.safetensors")
     analysis = analyze(graph, args.node_threshold, args.edge_threshold)
     store = feature_store(args, dictionary)
     labels = graph_labels(store, graph) if store is not None else None
     base = None
-    if store is not None:
-        write_graph_features(store, graph, analysis.pruned.node_mask, out)
-        base = VIEWER_BASE
-    json_path = export_json(
-        graph,
-        analysis,
-        out,
-        slug,
-        labels=labels,
-        feature_json_base_url=base,
-        model_id=base if args.local_viewer and base else None,
-    )
+    # the slow writes go to temporaries first (the graph file, the feature files); the graph file is
+    # renamed into place only after its viewer JSON and index, so no reader sees a new graph beside old JSON
+    out.mkdir(parents=True, exist_ok=True)
+    with replacing(out / f"{slug}.safetensors") as graph_tmp:
+        graph.save(graph_tmp)
+        if store is not None:
+            write_graph_features(store, graph, analysis.pruned.node_mask, out)
+            base = VIEWER_BASE
+        json_path = export_json(
+            graph,
+            analysis,
+            out,
+            slug,
+            labels=labels,
+            feature_json_base_url=base,
+            model_id=args.scan or (base if args.local_viewer and base else scan_from(args.model)),
+        )
     print(report(graph, analysis, labels))
     if args.heads:
         print(route(args, model, dictionary, graph, analysis, labels, out, slug, base))
@@ -203,7 +232,7 @@ def route(args, model, dictionary, graph, analysis, labels, out: Path, slug: str
     (QK attribution), save and export; the summary of the strongest head nodes."""
     import torch
 
-    from clew.attribution.export import export_json
+    from clew.attribution.export import export_json, scan_from
     from clew.attribution.head_graph import route_heads, routed_view, strongest, summary
     from clew.qk import annotate_heads
     from clew.replacement import LocalReplacement
@@ -231,7 +260,7 @@ def route(args, model, dictionary, graph, analysis, labels, out: Path, slug: str
         f"{slug}-heads",
         labels=labels,
         feature_json_base_url=base,
-        model_id=base if args.local_viewer and base else None,
+        model_id=args.scan or (base if args.local_viewer and base else scan_from(args.model)),
         heads=heads,
         head_share=args.head_share,
     )

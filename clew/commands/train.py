@@ -85,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if values["layers"] is not None:
         values["layers"] = sorted({layer for group in values["layers"] for layer in group})
     cfg = TrainConfig(**values)
+    from pathlib import Path
+
+    from clew.files import check_out_dir
+
+    check_out_dir(Path(cfg.out), "--out")
     result = train(cfg)
     if result.metrics is not None:
         print(result.metrics.table())

@@ -523,7 +523,9 @@ def collect(
     if out.exists() and not out.is_file():
         raise ClewError(f"{out}: not a file")
     tc.check_compatible(model.cfg)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from clew.models.loading import pick_device
+
+    device = pick_device(cfg.device)  # CUDA when present; an unknown or absent device is a one-line error
     threads = cfg.threads or os.cpu_count() or 1
     workers = threads if device.type == "cpu" else 1
     if device.type == "cpu":

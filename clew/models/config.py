@@ -85,6 +85,30 @@ class ModelConfig:
     """The beginning-of-sequence token id, when the family has one."""
 
     def __post_init__(self) -> None:
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "d_head",
+            "d_mlp",
+            "n_ctx",
+        ):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ClewError(f"{name} must be a positive whole number, got {value!r}")
+        for name in ("norm_eps", "norm_offset", "rope_theta", "embed_scale"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or value != value or abs(value) == float("inf"):
+                raise ClewError(f"{name} must be a finite number, got {value!r}")
+        if self.vocab_size > 2**24 or self.d_model > 2**17 or self.n_layers > 2**12 or self.d_mlp > 2**20:
+            raise ClewError(
+                f"sizes past any real model (vocab_size={self.vocab_size}, d_model={self.d_model}, "
+                f"n_layers={self.n_layers}, d_mlp={self.d_mlp})"
+            )
+        if not isinstance(self.layer_types, list):
+            raise ClewError(f"layer_types must be a list, got {self.layer_types!r}")
         if not self.layer_types:
             self.layer_types = ["full"] * self.n_layers
         if len(self.layer_types) != self.n_layers:
@@ -112,7 +136,9 @@ class ModelConfig:
     def from_hf(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
         """Translate a Hugging Face ``config.json`` (as a dict) into a ``ModelConfig``."""
         kind = d.get("model_type")
-        if kind == "gemma3" and "text_config" in d:  # the multimodal wrapper: take its language model
+        if kind == "gemma3" and isinstance(
+            d.get("text_config"), dict
+        ):  # the multimodal wrapper: take its language model
             d = {**d["text_config"], "model_type": "gemma3_text"}
             kind = "gemma3_text"
         if kind not in SUPPORTED_MODEL_TYPES:
@@ -125,6 +151,10 @@ class ModelConfig:
             return _rotary_family(kind, d)
         except KeyError as err:
             raise ClewError(f"{source}: missing field {err.args[0]!r} for model_type {kind!r}") from None
+        except ClewError as err:
+            raise ClewError(f"{source}: {err}") from None
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError) as err:
+            raise ClewError(f"{source}: a field has a value of the wrong kind ({err})") from None
 
 
 def _gpt2(d: dict[str, Any]) -> ModelConfig:
@@ -166,7 +196,7 @@ def _rope_params(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
         if rope_type == "default":
             scaling = None
         elif rope_type not in ("llama3", "linear"):
-            raise ClewError(f"config.json: rope_type {rope_type!r} is not supported (llama3, linear)")
+            raise ClewError(f"rope_type {rope_type!r} is not supported (llama3, linear)")
         else:
             scaling = {**scaling, "rope_type": rope_type}
     return float(theta), scaling

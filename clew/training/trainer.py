@@ -13,7 +13,6 @@ it) and the random-number generators' states; resuming from it continues bit for
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from clew.allocator import keep_freed_memory
 from clew.dictionaries import Transcoder, save_transcoder
 from clew.errors import ClewError
+from clew.files import replacing, write_atomic
 from clew.training import dist
 from clew.training.config import TrainConfig
 from clew.training.data import ActivationStream, StreamState, open_text
@@ -213,15 +213,16 @@ class Trainer:
                 "history": self.history,
                 "world": self.world,
             }
-            tmp = self.out / f".{CHECKPOINT}.tmp"
-            torch.save(payload, tmp)
-            os.replace(tmp, self.out / CHECKPOINT)
+            with replacing(self.out / CHECKPOINT) as tmp:
+                torch.save(payload, tmp)
         dist.barrier()
 
     def _resume(self) -> StreamState:
         path = self.out / CHECKPOINT
         try:
-            payload = torch.load(path, map_location=self.device, weights_only=False)
+            # weights_only: tensors, numbers, strings and containers only; a pickled object in a planted
+            # checkpoint is refused before anything of it runs
+            payload = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as err:
             raise ClewError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err})") from None
         saved, now = payload["config"], self.cfg.to_dict()
@@ -277,7 +278,7 @@ class Trainer:
                 }
             save_transcoder(tc, self.out)
             report = {"metrics": metrics.to_dict() if metrics else None, "history": self.history}
-            (self.out / "metrics.json").write_text(json.dumps(report, indent=1))
+            write_atomic(self.out / "metrics.json", json.dumps(report, indent=1))
         dist.barrier()
         return TrainResult(tc, metrics, list(self.history))
 

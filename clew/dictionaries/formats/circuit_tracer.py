@@ -18,6 +18,9 @@ ignore it.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ from clew.dictionaries.formats.common import (
 )
 from clew.dictionaries.transcoder import Transcoder
 from clew.errors import ClewError
-from clew.files import load_yaml
+from clew.files import contained, load_yaml
 
 MODEL_KINDS = {"transcoder_set": "plt", "cross_layer_transcoder": "clt"}
 CLEW_FORMAT_VERSION = 1
@@ -58,6 +61,9 @@ def read(
     config_path = folder / "config.yaml"
     where = str(config_path)
     config = load_yaml(config_path)
+    _check_types(config, _CONFIG_TYPES, where)
+    if isinstance(config.get("clew"), dict):
+        _check_types(config["clew"], _CLEW_TYPES, f"{where}: clew")
     facts = Facts(where=where)
     model_kind = config.get("model_kind")
     if model_kind not in MODEL_KINDS:
@@ -71,7 +77,7 @@ def read(
     facts.model_name = config.get("model_name")
     if config.get("activation") is not None:
         facts.activation = canonical_activation(config["activation"], f"{where}: activation")
-    facts.k = config.get("k")
+    facts.k = _count(config["k"], f"{where}: k") if config.get("k") is not None else None
     _apply_clew_block(facts, config.get("clew"), where)
 
     if "transcoders" in config:
@@ -81,6 +87,38 @@ def read(
     else:
         parts = _clt_layers(folder, facts)
     return assemble(facts, parts, lazy=lazy, device=device, dtype=dtype)
+
+
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "model_kind": (str,),
+    "feature_input_hook": (str,),
+    "feature_output_hook": (str,),
+    "activation": (str,),
+    "k": (int,),
+    "model_name": (str,),
+    "clew": (dict,),
+    "transcoders": (list,),
+}
+_CLEW_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,),
+    "read": (str,),
+    "write": (str,),
+    "activation": (str,),
+    "k": (int,),
+    "n_layers": (int,),
+    "model_name": (str,),
+    "layers": (list,),
+    "extra": (dict,),
+}
+
+
+def _check_types(config: dict[str, Any], types: dict[str, tuple[type, ...]], where: str) -> None:
+    """Each known field, when set, of its type (a mapping where a name belongs is a one-line error)."""
+    for name, kinds in types.items():
+        value = config.get(name)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ClewError(f"{where}: {name}: expected {names}, got {type(value).__name__} {value!r:.60}")
 
 
 def _apply_clew_block(facts: Facts, block: Any, where: str) -> None:
@@ -96,18 +134,27 @@ def _apply_clew_block(facts: Facts, block: Any, where: str) -> None:
         facts.agree(name, block.get(name), f"{at}.{name} (against the hook name)")
     if block.get("activation") is not None:
         facts.activation = canonical_activation(block["activation"], f"{at}.activation")
-    for name in ("k", "n_layers", "model_name"):
+    for name in ("k", "n_layers"):
         if block.get(name) is not None:
-            setattr(facts, name, block[name])
+            setattr(facts, name, _count(block[name], f"{at}.{name}"))
+    if block.get("model_name") is not None:
+        facts.model_name = str(block["model_name"])
     if block.get("layers") is not None:
         layers = block["layers"]
-        if not isinstance(layers, list) or not all(isinstance(x, int) for x in layers):
+        if not isinstance(layers, list) or not all(type(x) is int and x >= 0 for x in layers):
             raise ClewError(f"{at}.layers: expected a list of layer numbers, got {layers!r}")
         facts.layers = sorted(layers)
     extra = block.get("extra") or {}
     if not isinstance(extra, dict):
         raise ClewError(f"{at}.extra: expected a mapping")
     facts.extra = dict(extra)
+
+
+def _count(value: Any, where: str) -> int:
+    """A positive whole number from a config field (a string or a fraction there is a one-line error)."""
+    if type(value) is not int or value < 1:
+        raise ClewError(f"{where}: expected a positive whole number, got {value!r}")
+    return value
 
 
 def read_layer_file(path: Path) -> tuple[LayerParts, Facts | None]:
@@ -150,7 +197,7 @@ def _listed_layers(
         raise ClewError(f"{where}: {len(entries)} files for {len(layers)} layers in clew.layers")
     parts = {}
     for layer, entry in zip(layers, entries):
-        path = resolve(entry) if entry.startswith("hf://") else folder / entry
+        path = resolve(entry) if entry.startswith("hf://") else contained(folder, entry, where)
         parts[layer], layer_facts = read_layer_file(path)
         if layer_facts is not None:  # Gemma Scope files state their own points: they must agree
             for name in ("read", "write", "activation"):
@@ -233,15 +280,35 @@ def write(tc: Transcoder, folder: Path) -> None:
         text = yaml.safe_dump(config, sort_keys=False)
     except yaml.YAMLError as err:
         raise ClewError(f"{folder / 'config.yaml'}: clew.extra cannot be written as YAML ({err})") from None
-    with torch.no_grad():
-        for layer in tc.layers:
-            if c.kind == "plt":
-                save_file(_plt_tensors(tc, layer), str(folder / f"layer_{layer}.safetensors"))
-            else:
-                enc, dec = _clt_tensors(tc, layer)
-                save_file(enc, str(folder / f"W_enc_{layer}.safetensors"))
-                save_file(dec, str(folder / f"W_dec_{layer}.safetensors"))
-    (folder / "config.yaml").write_text(text)
+    # whole or nothing: every file is written into a fresh folder inside ``folder`` first, then renamed
+    # into place (config.yaml last), so a failure half-way leaves the old dictionary as it was
+    stage = Path(tempfile.mkdtemp(prefix=".clew-write.", dir=folder))
+    try:
+        names = []
+        with torch.no_grad():
+            for layer in tc.layers:
+                if c.kind == "plt":
+                    names.append(f"layer_{layer}.safetensors")
+                    save_file(_plt_tensors(tc, layer), str(stage / names[-1]))
+                else:
+                    enc, dec = _clt_tensors(tc, layer)
+                    names += [f"W_enc_{layer}.safetensors", f"W_dec_{layer}.safetensors"]
+                    save_file(enc, str(stage / names[-2]))
+                    save_file(dec, str(stage / names[-1]))
+        (stage / "config.yaml").write_text(text)
+        stale = [
+            p
+            for pattern in ("layer_*.safetensors", "W_enc_*.safetensors", "W_dec_*.safetensors")
+            for p in folder.glob(pattern)
+            if p.name not in names
+        ]
+        for name in names:
+            os.replace(stage / name, folder / name)
+        os.replace(stage / "config.yaml", folder / "config.yaml")
+        for p in stale:  # an older dictionary's layers that this one does not have
+            p.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,8 @@ def translate_hook(name: object, direction: str, where: str) -> tuple[str, int |
     """
     table = _READ_HOOKS if direction == "read" else _WRITE_HOOKS
     m = _LAYER_PREFIX.match(str(name))
-    assert m is not None
+    if m is None or not isinstance(name, str):
+        raise ClewError(f"{where}: {direction} hook {name!r} is not a hook name")
     layer = int(m.group(1)) if m.group(1) is not None else None
     point = table.get(m.group(2))
     if point is None:
