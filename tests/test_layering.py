@@ -46,6 +46,7 @@ LEVELS = {
     "batch": 7,
     # the user's entry points
     "resolve": 8,
+    "explorer": 8,
     "commands": 9,
     "cli": 10,
 }
