@@ -26,7 +26,21 @@ const state = {
 let view = null;
 let subgraphResult = null;
 const timings = {};
-window.clew = { state, timings, get view() { return view; } };
+window.clew = {
+  state,
+  timings,
+  get view() {
+    return view;
+  },
+  // where a node is drawn, in the canvas's CSS pixels (for tests and the benchmark)
+  where(key) {
+    const i = canvas.keyIndex ? canvas.keyIndex.get(key) : undefined;
+    return i === undefined ? null : { x: canvas.x[i], y: canvas.y[i] };
+  },
+  get clickDraw() {
+    return canvas.clickDraw;
+  },
+};
 
 function setStatus(text, error = false) {
   const s = $("status");
@@ -96,6 +110,7 @@ async function fetchView(ready = null) {
   $("save").disabled = !view.writable;
   $("save").title = view.writable ? "save the view into the graph file" : "a viewer JSON graph is read-only";
   setStatus("");
+  document.body.dataset.graph = state.graph;
   document.body.dataset.ready = "1";
 }
 
@@ -390,6 +405,7 @@ async function refreshSubgraph() {
     s && s.replacement !== null
       ? `replacement ${s.replacement.toFixed(3)} · completeness ${s.completeness.toFixed(3)}`
       : "no subgraph yet";
+  $("scores").dataset.replacement = s && s.replacement !== null ? String(s.replacement) : "";
   drawSubgraph($("subgraph"), s, view.tokens.length, view.n_layers);
 }
 
