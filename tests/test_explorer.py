@@ -294,3 +294,40 @@ def test_views_are_cached_per_threshold(made):
     graph = made["graph"]
     assert views.pruned(graph, 0.8, 0.98) is views.pruned(graph, 0.8, 0.98)
     assert views.pruned(graph, 0.7, 0.98) is not views.pruned(graph, 0.8, 0.98)
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+
+def test_clew_serve_help_and_mistakes(capsys, tmp_path):
+    from clew.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "127.0.0.1" in capsys.readouterr().out
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--port", "70000"]) == 2
+
+
+def test_trace_open_serves_the_output_folder(monkeypatch, tmp_path, capsys):
+    import clew.commands.serve as serve
+    from clew.cli import main
+
+    called = {}
+
+    def fake(folder, explorer, host, port, open_browser, graph=None):
+        called.update(folder=folder, host=host, open=open_browser, graph=graph, explorer=explorer)
+
+    monkeypatch.setattr(serve, "serve_folder", fake)
+    out = tmp_path / "g"
+    assert (
+        main(
+            ["trace", "Fact: the capital of France is", "-m", "organism", "-o", str(out), "--quiet", "--open"]
+        )
+        == 0
+    )
+    assert called["host"] == "127.0.0.1" and called["open"] is True
+    assert (out / called["graph"]).is_file() and called["explorer"].find_store(
+        Graph.load(out / called["graph"])
+    )

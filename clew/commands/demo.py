@@ -22,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", default="demo-graphs", help="output folder (default: %(default)s)")
     p.add_argument("--dictionary", choices=["clt", "plt"], default="clt", help="which organism dictionary")
     p.add_argument("--max-feature-nodes", type=int, default=None, help="feature budget (default: all)")
-    p.add_argument("--open", action="store_true", help="open the pictures in a browser when done")
+    p.add_argument(
+        "--open",
+        action="store_true",
+        help="when done, serve the graphs in the explorer (clew serve) and open it in a browser",
+    )
     p.set_defaults(func=run)
 
 
@@ -60,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     model, tc = load_model_and_dictionary(ORGANISM.name, str(ORGANISM.dictionary_path(args.dictionary)))
     store = shipped_store(args.dictionary, tc)
     out = Path(args.out)
-    pictures = []
     for task, prompt in demo_prompts():
         graph = trace(model, tc, prompt, max_feature_nodes=args.max_feature_nodes, progress=False)
         analysis = analyze(graph)
@@ -82,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             labels = promoted_token_labels(model, tc, graph)
             export_json(graph, analysis, out, slug, labels=labels)
-        picture = render_svg(graph, pruned, out / f"{slug}.svg", labels=labels)
-        pictures.append(picture)
+        render_svg(graph, pruned, out / f"{slug}.svg", labels=labels)
         top = ", ".join(
             f"{label!r} {p:.2f}" for label, p in zip(graph.logit_labels[:3], graph.logit_probs.tolist())
         )
@@ -107,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("labels: the tokens each feature promotes (this organism ships no feature store)")
     if args.open:
-        import webbrowser
+        from clew.commands.serve import explorer_for, serve_folder
 
-        for picture in pictures:
-            webbrowser.open(picture.resolve().as_uri())
+        first = f"{slug_from(DALLAS)}.safetensors"
+        serve_folder(str(out), explorer_for(str(out)), "127.0.0.1", 0, True, graph=first)
     return 0
 
 
