@@ -17,12 +17,30 @@ import torch
 from torch import Tensor
 
 from clew.attribution import Graph, prune, scores
-from clew.attribution.prune import Pruned
+from clew.attribution.prune import cumulative_threshold, graph_influence, mass_threshold, row_sums
 from clew.errors import ClewError
 
 KINDS = ("feature", "error", "embedding", "logit")
 MAX_EDGES = 300_000
 """Most edges one view sends (the strongest); the rest arrive per node on selection."""
+SPARSE_LIMIT = 20_000_000
+"""Graphs with at most this many non-zero edges are pruned on their edge list (fast, for the slider);
+denser ones by :func:`~clew.attribution.prune.prune` on the dense rows."""
+CHUNK = 512  # the row chunks of clew.attribution.prune, so that sums are taken in the same order
+
+
+@dataclass
+class Kept:
+    """A pruned view: the pruning of :func:`~clew.attribution.prune.prune`, with its edges as a list."""
+
+    node_mask: Tensor
+    """(n_nodes,) bool: nodes kept."""
+    influence: Tensor
+    """(n_nodes,) influence on the logits in the unpruned graph."""
+    rows: Tensor
+    """(E,) adjacency row of each kept edge."""
+    cols: Tensor
+    """(E,) source node of each kept edge."""
 
 
 def _round(x: float, digits: int = 4) -> float:
@@ -47,6 +65,10 @@ class Prepared:
     """(node threshold, edge threshold) -> :class:`Pruned`, the last few."""
     n_edges: int
     """Non-zero edges of the full adjacency."""
+    influence: Tensor | None = None
+    """(n_nodes,) influence on the logits, computed on first use."""
+    edges: tuple[Tensor, Tensor, Tensor] | None = None
+    """(rows, cols, |weight| / row sum) of every non-zero edge, row-major, for sparse enough graphs."""
 
 
 class Views:
@@ -80,19 +102,74 @@ class Views:
             self._prepared[id(graph)] = (graph, prep)
         return prep
 
-    def pruned(self, graph: Graph, node_threshold: float, edge_threshold: float) -> Pruned:
+    def pruned(self, graph: Graph, node_threshold: float, edge_threshold: float) -> Kept:
         prep = self.prepared(graph)
         key = (round(node_threshold, 3), round(edge_threshold, 4))
         with self._lock:
             if key in prep.views:
                 prep.views.move_to_end(key)
                 return prep.views[key]
-        result = prune(graph, key[0], key[1])
+        if prep.n_edges <= SPARSE_LIMIT:
+            result = prune_edges(graph, prep, key[0], key[1])
+        else:
+            dense = prune(graph, key[0], key[1])
+            rows, cols = torch.nonzero(dense.edge_mask, as_tuple=True)
+            result = Kept(dense.node_mask, dense.influence, rows, cols)
         with self._lock:
             prep.views[key] = result
             while len(prep.views) > 6:
                 prep.views.popitem(last=False)
         return result
+
+
+def _all_edges(graph: Graph, prep: Prepared) -> tuple[Tensor, Tensor, Tensor]:
+    if prep.edges is None:
+        sums = row_sums(graph.adjacency)
+        rows, cols, vals = [], [], []
+        for i in range(0, len(graph.adjacency), CHUNK):
+            r, c = torch.nonzero(graph.adjacency[i : i + CHUNK], as_tuple=True)
+            rows.append(r + i)
+            cols.append(c)
+            vals.append(graph.adjacency[i : i + CHUNK][r, c].abs().float() / sums[r + i])
+        prep.edges = (torch.cat(rows), torch.cat(cols), torch.cat(vals))
+    return prep.edges
+
+
+def prune_edges(graph: Graph, prep: Prepared, node_threshold: float, edge_threshold: float) -> Kept:
+    """:func:`~clew.attribution.prune.prune` computed on the list of non-zero edges (the same nodes and
+    edges, the influence computed once per graph): milliseconds where the dense passes take seconds."""
+    if prep.influence is None:
+        prep.influence = graph_influence(graph)
+    inf, kinds = prep.influence, prep.kinds
+    prunable = (kinds == 0) | (kinds == 1)
+    threshold = cumulative_threshold(inf[prunable], node_threshold)
+    node_mask = ~prunable | (inf >= threshold)
+    rows, cols, norm = _all_edges(graph, prep)
+    row_nodes = graph.row_nodes()
+    row_weight = inf[row_nodes] + torch.cat([torch.zeros(graph.n_features), graph.logit_probs.float()])
+    score = norm * row_weight[rows] * node_mask[row_nodes[rows]] * node_mask[cols]
+    bounds = torch.searchsorted(rows, torch.arange(0, len(row_nodes) + CHUNK, CHUNK)).tolist()
+
+    def chunks():
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b > a:
+                yield score[a:b]
+
+    total = sum(float(c.sum()) for c in chunks())
+    hi = float(score.max()) if len(score) else 0.0
+    tau = mass_threshold(chunks, total, edge_threshold, hi)
+    keep = (score >= tau) & node_mask[row_nodes[rows]] & node_mask[cols]
+    while True:  # drop features and errors without outgoing edges, and features without incoming ones
+        outgoing = torch.zeros(graph.n_nodes, dtype=torch.bool)
+        outgoing[cols[keep]] = True
+        incoming = torch.zeros(graph.n_nodes, dtype=torch.bool)
+        incoming[row_nodes[rows[keep]]] = True
+        dead = (prunable & node_mask & ~outgoing) | ((kinds == 0) & node_mask & ~incoming)
+        if not dead.any():
+            break
+        node_mask &= ~dead
+        keep &= ~dead[cols] & ~dead[row_nodes[rows]]
+    return Kept(node_mask, inf, rows[keep], cols[keep])
 
 
 def check_threshold(value, name: str) -> float:
@@ -122,7 +199,7 @@ def node_labels(graph: Graph, store_labels: dict[int, str] | None = None) -> dic
 
 def graph_view(
     graph: Graph,
-    pruned: Pruned,
+    pruned: Kept,
     prep: Prepared,
     labels: dict[int, str],
     extra: list[str] = (),
@@ -139,7 +216,7 @@ def graph_view(
     position[nodes] = torch.arange(len(nodes))
 
     row_nodes = graph.row_nodes()
-    rows, cols = torch.nonzero(pruned.edge_mask, as_tuple=True)
+    rows, cols = pruned.rows, pruned.cols
     weights = graph.adjacency[rows, cols].float()
     targets = row_nodes[rows]
     ok = (position[targets] >= 0) & (position[cols] >= 0)

@@ -16,6 +16,7 @@ const el = (tag, text, cls) => {
 const state = {
   graph: null,
   threshold: 0.8,
+  edgeThreshold: 0.98,
   errors: true,
   selected: null,
   pins: [],
@@ -40,6 +41,12 @@ window.clew = {
   get clickDraw() {
     return canvas.clickDraw;
   },
+  get stages() {
+    return canvas.stages;
+  },
+  get canvas() {
+    return canvas;
+  },
 };
 
 function setStatus(text, error = false) {
@@ -62,6 +69,7 @@ function readHash() {
   return {
     graph: h.get("g"),
     threshold: h.has("t") ? Number(h.get("t")) : null,
+    edgeThreshold: h.has("et") ? Number(h.get("et")) : null,
     errors: h.has("e") ? h.get("e") !== "0" : null,
     selected: h.get("sel"),
     pins: json("pins", null),
@@ -75,6 +83,7 @@ function writeHash() {
   h.set("g", state.graph);
   h.set("t", state.threshold.toFixed(2));
   h.set("e", state.errors ? "1" : "0");
+  if (state.edgeThreshold !== 0.98) h.set("et", String(state.edgeThreshold));
   if (state.selected) h.set("sel", state.selected);
   if (state.pins.length) h.set("pins", JSON.stringify(state.pins));
   if (state.supernodes.length) h.set("sn", JSON.stringify(state.supernodes));
@@ -93,9 +102,14 @@ async function fetchView(ready = null) {
   const extra = [...state.pins, ...state.supernodes.flatMap((s) => s.members)];
   setStatus("computing the view…");
   view =
-    ready && !extra.length && ready.threshold === state.threshold
+    ready && !extra.length && ready.threshold === state.threshold && ready.edge_threshold === state.edgeThreshold
       ? ready
-      : await get("/api/view", { graph: state.graph, threshold: state.threshold, extra: extra.join(",") });
+      : await get("/api/view", {
+          graph: state.graph,
+          threshold: state.threshold,
+          edge_threshold: state.edgeThreshold,
+          extra: extra.join(","),
+        });
   canvas.labels = state.labels;
   canvas.supernodes = state.supernodes;
   canvas.showErrors = state.errors;
@@ -122,10 +136,15 @@ async function openGraph(name, fromHash) {
   state.selected = h.selected || null;
   state.ticked = new Set();
   // first the annotations saved in the graph, then what the URL says over them
-  const first = await get("/api/view", { graph: name, threshold: h.threshold || 0.8 });
+  const first = await get("/api/view", {
+    graph: name,
+    threshold: h.threshold || 0.8,
+    edge_threshold: h.edgeThreshold || 0.98,
+  });
   const a = first.annotations || {};
   const saved = a.view || {};
   state.threshold = h.threshold ?? saved.threshold ?? 0.8;
+  state.edgeThreshold = h.edgeThreshold ?? saved.edge_threshold ?? 0.98;
   state.errors = h.errors ?? saved.errors ?? true;
   state.pins = h.pins ?? a.pins ?? [];
   state.supernodes = h.supernodes ?? a.supernodes ?? [];
@@ -459,7 +478,12 @@ async function save() {
     supernodes: state.supernodes,
     labels: state.labels,
     pins: state.pins,
-    view: { threshold: Number(state.threshold), errors: state.errors, selected: state.selected },
+    view: {
+      threshold: Number(state.threshold),
+      edge_threshold: Number(state.edgeThreshold),
+      errors: state.errors,
+      selected: state.selected,
+    },
   };
   try {
     await post("/api/state", { graph: state.graph, state: payload });
