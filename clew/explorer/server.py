@@ -22,7 +22,11 @@ through the server. The page's Content-Security-Policy allows nothing but this s
 
 from __future__ import annotations
 
+import gzip
+import json
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +85,8 @@ class Explorer:
         self.hosts = tuple(h.strip("[]").lower() for h in hosts)
         self.token = token or secrets.token_urlsafe(32)
         self.stores = Stores()
+        self._bytes: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
         self._labels: dict[int, tuple[Graph, dict[int, str]]] = {}
 
     # --- guards -----------------------------------------------------------------------------------------
@@ -154,6 +160,24 @@ class Explorer:
         )
         return out
 
+    def view_bytes(self, name: str, threshold: float, edge: float, extra: list[str], gzipped: bool) -> bytes:
+        """The view as JSON bytes (gzipped when asked), kept for the same graph, thresholds and state."""
+        graph = self.library.load(name)
+        key = (name, id(graph), json.dumps(graph.annotations, sort_keys=True), threshold, edge, tuple(extra))
+        with self._lock:
+            hit = self._bytes.get(key)
+        if hit is None:
+            raw = json.dumps(self.view(name, threshold, edge, extra), separators=(",", ":")).encode()
+            hit = {False: raw}
+        if gzipped not in hit:
+            hit[gzipped] = gzip.compress(hit[False], compresslevel=5)
+        with self._lock:
+            self._bytes[key] = hit
+            self._bytes.move_to_end(key)
+            while len(self._bytes) > 8:
+                self._bytes.popitem(last=False)
+        return hit[gzipped]
+
     def node(self, name: str, key: str) -> dict:
         graph = self.library.load(name)
         prep = self.views.prepared(graph)
@@ -198,8 +222,6 @@ async def _body(request: Request) -> dict:
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise ClewError(f"request body over {MAX_BODY} bytes")
-    import json
-
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -229,7 +251,12 @@ def build_app(explorer: Explorer) -> Starlette:
         threshold = check_threshold(_query(request, "threshold", "0.8"), "threshold")
         edge = check_threshold(_query(request, "edge_threshold", "0.98"), "edge_threshold")
         extra = [k for k in _query(request, "extra", "").split(",") if k][:10_000]
-        return _json(await run_in_threadpool(explorer.view, name, threshold, edge, extra))
+        gzipped = "gzip" in request.headers.get("accept-encoding", "")
+        body = await run_in_threadpool(explorer.view_bytes, name, threshold, edge, extra, gzipped)
+        headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
+        return Response(body, media_type="application/json", headers=headers)
 
     async def node(request: Request) -> Response:
         explorer.guard(request, write=False)
@@ -279,7 +306,7 @@ def build_app(explorer: Explorer) -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(GZipMiddleware, minimum_size=1024)],
+        middleware=[Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)],
         exception_handlers={ClewError: clew_error, HTTPException: http_error},
     )
 

@@ -49,6 +49,13 @@ def _round(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
+def _rounded(x: Tensor, digits: int) -> list[float]:
+    """``x`` to ``digits`` significant digits, as short JSON numbers (all at once, not one by one)."""
+    x = x.double()
+    scale = torch.pow(10.0, digits - 1 - torch.floor(torch.log10(x.abs().clamp_min(1e-30))))
+    return (torch.round(x * scale) / scale).nan_to_num(0.0, 0.0, 0.0).tolist()
+
+
 @dataclass
 class Prepared:
     """What is computed once per graph and reused by every view of it."""
@@ -222,9 +229,8 @@ def graph_view(
     ok = (position[targets] >= 0) & (position[cols] >= 0)
     targets, cols, weights = targets[ok], cols[ok], weights[ok]
     n_edges = len(weights)
-    if n_edges > max_edges:
-        top = weights.abs().topk(max_edges).indices
-        targets, cols, weights = targets[top], cols[top], weights[top]
+    order = weights.abs().argsort(descending=True)[:max_edges]  # strongest first: the page draws them first
+    targets, cols, weights = targets[order], cols[order], weights[order]
 
     acts = torch.zeros(graph.n_nodes)
     acts[: graph.n_features] = graph.activations.float()
@@ -249,7 +255,7 @@ def graph_view(
         "edges": {
             "source": position[cols].tolist(),
             "target": position[targets].tolist(),
-            "weight": [_round(x, 3) for x in weights.tolist()],
+            "weight": _rounded(weights, 4),
         },
         "counts": {
             "nodes": len(idx),

@@ -6,6 +6,7 @@ const KIND = ["feature", "error", "embedding", "logit"];
 const FILL = ["#e0912b", "#9aa0a6", "#3f8f5a", "#6b4fbb"];
 const POS = [43, 108, 176];
 const NEG = [197, 48, 48];
+const FIRST = 40000; // edges drawn before the first picture; the rest follow in batches of as many
 
 export class GraphCanvas {
   constructor(canvas, tooltip, handlers) {
@@ -155,42 +156,74 @@ export class GraphCanvas {
 
   drawEdgeLayer() {
     // Edges are rasterised here, in JavaScript, into one image: a canvas's anti-aliased strokes cost
-    // seconds for 100,000 lines without a GPU, this a fraction of one. Each pixel keeps how much light
-    // the positive and the negative edges crossing it let through; the colour is mixed from both.
+    // seconds for 100,000 lines without a GPU. Each pixel keeps how much light the positive and the
+    // negative edges crossing it let through; the colour is mixed from both. The server sends the
+    // strongest edges first: the first FIRST of them are drawn at once, the rest in the next frames.
     const layer = this.edgeLayer || (this.edgeLayer = document.createElement("canvas"));
-    const Wp = (layer.width = this.canvas.width);
-    const Hp = (layer.height = this.canvas.height);
-    const ctx = layer.getContext("2d");
-    const { source, target, weight } = this.view.edges;
-    const m = source.length;
+    layer.width = this.canvas.width;
+    layer.height = this.canvas.height;
+    const { weight } = this.view.edges;
+    const m = weight.length;
     let max = 1e-12;
     for (let e = 0; e < m; e++) max = Math.max(max, Math.abs(weight[e]));
     this.maxWeight = max;
-    const through = [new Float32Array(Wp * Hp).fill(1), new Float32Array(Wp * Hp).fill(1)];
-    const scale = m > 20000 ? 0.35 : 1;
-    const ratio = this.ratio;
-    for (let e = 0; e < m; e++) {
+    const size = layer.width * layer.height;
+    this.through = [new Float32Array(size).fill(1), new Float32Array(size).fill(1)];
+    const generation = (this.generation = (this.generation || 0) + 1);
+    this.rasterise(0, Math.min(m, FIRST));
+    this.composite();
+    this.edgesDone = m <= FIRST;
+    const more = (from) => {
+      if (generation !== this.generation) return; // a newer view took over
+      const to = Math.min(m, from + FIRST);
+      this.rasterise(from, to);
+      this.composite();
+      this.draw();
+      if (to < m) setTimeout(() => more(to), 0);
+      else {
+        this.edgesDone = true;
+        this.canvas.dataset.edgesDoneAt = String(performance.now());
+        this.canvas.dataset.edgesDone = "1";
+      }
+    };
+    this.canvas.dataset.edgesDone = this.edgesDone ? "1" : "0";
+    if (this.edgesDone) this.canvas.dataset.edgesDoneAt = String(performance.now());
+    if (m > FIRST) setTimeout(() => more(FIRST), 0);
+  }
+
+  rasterise(from, to) {
+    const { source, target, weight } = this.view.edges;
+    const Wp = this.edgeLayer.width, Hp = this.edgeLayer.height;
+    const scale = weight.length > 20000 ? 0.35 : 1;
+    const ratio = this.ratio, max = this.maxWeight, X = this.x, Y = this.y;
+    for (let e = from; e < to; e++) {
       if (!this.edgeVisible(e)) continue;
       const r = Math.abs(weight[e]) / max;
       const strength = r > 0.1 ? 3 : r > 0.01 ? 2 : r > 0.001 ? 1 : 0;
       const keep = 1 - (0.12 + 0.18 * strength) * scale;
-      const t = through[weight[e] > 0 ? 0 : 1];
-      const x0 = this.x[source[e]] * ratio, y0 = this.y[source[e]] * ratio;
-      const dx = this.x[target[e]] * ratio - x0, dy = this.y[target[e]] * ratio - y0;
+      const t = this.through[weight[e] > 0 ? 0 : 1];
+      const x0 = X[source[e]] * ratio + 0.5, y0 = Y[source[e]] * ratio + 0.5;
+      const dx = X[target[e]] * ratio + 0.5 - x0, dy = Y[target[e]] * ratio + 0.5 - y0;
       const steps = Math.max(1, Math.ceil(Math.max(Math.abs(dx), Math.abs(dy))));
-      const thick = strength >= 2; // a second pixel across the line
-      const across = Math.abs(dx) > Math.abs(dy) ? Wp : 1;
-      for (let k = 0; k <= steps; k++) {
-        const px = Math.round(x0 + (dx * k) / steps), py = Math.round(y0 + (dy * k) / steps);
+      const sx = dx / steps, sy = dy / steps;
+      const across = strength >= 2 ? (Math.abs(dx) > Math.abs(dy) ? Wp : 1) : 0; // a second pixel
+      let x = x0, y = y0;
+      for (let k = 0; k <= steps; k++, x += sx, y += sy) {
+        const px = x | 0, py = y | 0;
         if (px < 0 || py < 0 || px >= Wp || py >= Hp - 1) continue;
         const i = py * Wp + px;
         t[i] *= keep;
-        if (thick) t[i + across] *= keep;
+        if (across) t[i + across] *= keep;
       }
     }
+  }
+
+  composite() {
+    const Wp = this.edgeLayer.width, Hp = this.edgeLayer.height;
+    const ctx = this.edgeLayer.getContext("2d");
     const image = ctx.createImageData(Wp, Hp);
     const data = image.data;
-    const [tp, tn] = through;
+    const [tp, tn] = this.through;
     for (let i = 0; i < Wp * Hp; i++) {
       const p = 1 - tp[i], n = 1 - tn[i];
       if (p + n === 0) continue;
