@@ -60,13 +60,15 @@ def test_lists_graphs_and_serves_the_page_with_its_token(made):
 
 def test_view_is_clews_pruning(made):
     graph: Graph = made["graph"]
-    for threshold in (0.5, 0.8):
-        view = (
-            made["client"]
-            .get("/api/view", params={"graph": "dallas.safetensors", "threshold": threshold})
-            .json()
-        )
-        pruned = prune(graph, threshold)
+    for threshold, edge in (
+        (0.5, 0.98),
+        (0.8, 0.98),
+        (0.8, 0.9),
+        (0.95, 0.995),
+    ):  # at exactly 1, float sums decide
+        params = {"graph": "dallas.safetensors", "threshold": threshold, "edge_threshold": edge}
+        view = made["client"].get("/api/view", params=params).json()
+        pruned = prune(graph, threshold, edge)
         keys = [graph.node_key(int(n)) for n in torch.nonzero(pruned.node_mask).squeeze(1)]
         assert view["nodes"]["key"] == keys
         assert view["counts"]["edges"] == int(pruned.edge_mask.sum())

@@ -22,6 +22,7 @@ through the server. The page's Content-Security-Policy allows nothing but this s
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import secrets
@@ -87,7 +88,7 @@ class Explorer:
         self.stores = Stores()
         self._bytes: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
-        self._labels: dict[int, tuple[Graph, dict[int, str]]] = {}
+        self._labels: dict[int, tuple[Any, dict[int, str]]] = {}
 
     # --- guards -----------------------------------------------------------------------------------------
 
@@ -119,8 +120,8 @@ class Explorer:
         return self.stores.get(path) if path is not None else None
 
     def labels(self, graph: Graph) -> dict[int, str]:
-        hit = self._labels.get(id(graph))
-        if hit is not None and hit[0] is graph:
+        hit = self._labels.get(id(graph.adjacency))  # the same graph, whatever its annotations
+        if hit is not None and hit[0] is graph.adjacency:
             return node_labels(graph, hit[1])
         store = self.store(graph)
         found = {}
@@ -135,7 +136,7 @@ class Explorer:
                     found[n] = label
         if len(self._labels) > 8:
             self._labels.clear()
-        self._labels[id(graph)] = (graph, found)
+        self._labels[id(graph.adjacency)] = (graph.adjacency, found)
         return node_labels(graph, found)
 
     # --- work (run in a thread) ------------------------------------------------------------------------
@@ -206,9 +207,9 @@ class Explorer:
         checked = check_state(state, set(self.views.prepared(graph).index))
         if not self.library.writable(name):
             self.library.save(name, graph)  # the one-line refusal for a read-only graph
-        graph.annotations = {**graph.annotations, **checked}
-        self.library.save(name, graph)
-        return {"saved": name, "annotations": graph.annotations}
+        changed = dataclasses.replace(graph, annotations={**graph.annotations, **checked})
+        self.library.save(name, changed)  # the cached graph changes only once the file has
+        return {"saved": name, "annotations": changed.annotations}
 
 
 def _query(request: Request, name: str, default: str | None = None) -> str:

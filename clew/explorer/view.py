@@ -82,14 +82,14 @@ class Views:
     """Pruned views of graphs, computed once per (graph, thresholds) and kept for a while."""
 
     def __init__(self, keep: int = 8):
-        self._prepared: dict[int, tuple[Graph, Prepared]] = {}
+        self._prepared: dict[int, tuple[Tensor, Prepared]] = {}
         self._lock = threading.Lock()
         self.keep = keep
 
     def prepared(self, graph: Graph) -> Prepared:
-        with self._lock:
-            hit = self._prepared.get(id(graph))
-            if hit is not None and hit[0] is graph:
+        with self._lock:  # by the adjacency: a graph saved with new annotations keeps its views
+            hit = self._prepared.get(id(graph.adjacency))
+            if hit is not None and hit[0] is graph.adjacency:
                 return hit[1]
         n = graph.n_nodes
         keys = [graph.node_key(i) for i in range(n)]
@@ -106,7 +106,7 @@ class Views:
         with self._lock:
             if len(self._prepared) >= self.keep:  # forget graphs no longer cached elsewhere
                 self._prepared.pop(next(iter(self._prepared)))
-            self._prepared[id(graph)] = (graph, prep)
+            self._prepared[id(graph.adjacency)] = (graph.adjacency, prep)
         return prep
 
     def pruned(self, graph: Graph, node_threshold: float, edge_threshold: float) -> Kept:

@@ -122,6 +122,8 @@ async function fetchView(ready = null) {
     (c.edges < c.kept_edges ? ` (strongest ${c.edges} of ${c.kept_edges} kept)` : "");
   $("prompt").textContent = view.prompt;
   $("save").disabled = !view.writable;
+  $("run-test").disabled = !view.can_intervene;
+  $("run-test").title = view.can_intervene ? "" : "no model for this graph (start the server with clew serve)";
   $("save").title = view.writable ? "save the view into the graph file" : "a viewer JSON graph is read-only";
   setStatus("");
   document.body.dataset.graph = state.graph;
@@ -467,7 +469,7 @@ async function runTest() {
   } catch (err) {
     setStatus(err.message, true);
   } finally {
-    $("run-test").disabled = false;
+    $("run-test").disabled = !view.can_intervene;
   }
 }
 
