@@ -191,7 +191,7 @@ def test_the_organism_swaps_texas_for_california():
     with the difference of the two prompts' residual streams at the city."""
     from clew.assets import ORGANISM
     from clew.attribution.trace import tokenize
-    from clew.intervene.swap import _put, _zero, carriers, specific_effect, swap_experiment
+    from clew.intervene.swap import carriers, put_edits, specific_effect, swap_experiment, zero_edits
     from clew.resolve import load_model_and_dictionary
 
     model, tc = load_model_and_dictionary(ORGANISM.name, None)
@@ -204,7 +204,7 @@ def test_the_organism_swaps_texas_for_california():
     assert report.rows[2].top == " Sacramento"
     # generation with the swap applied at every step
     a, b, pairs = carriers(model, tc, dallas, la, " Austin", " Sacramento")
-    edits = _zero(a.top(20)) + _put(b.top(20), {pb: pa for pa, pb in pairs.items()})
+    edits = zero_edits(a.top(20)) + put_edits(b.top(20), {pb: pa for pa, pb in pairs.items()})
     tokens = tokenize(model, dallas)[0]
     plain = model.tokenizer.decode(generate(model, tc, tokens, Interventions(), 3).tolist())
     swapped = model.tokenizer.decode(generate(model, tc, tokens, Interventions(edits), 3).tolist())

@@ -44,6 +44,8 @@ LEVELS = {
     "organism": 6,
     # many graphs: tracing a batch into a store, aggregation, comparison
     "batch": 7,
+    # graphs read as circuits: supernodes, summaries, their tested claims
+    "circuits": 7,
     # the user's entry points
     "resolve": 8,
     "explorer": 8,

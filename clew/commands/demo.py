@@ -15,9 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="trace the embedded model organism's circuits (the main job, on the embedded default)",
         description="Trace the two-hop prompt 'The capital of the state containing Dallas is' and one "
         "prompt of every other task planted in the organism (facts, induction, addition, antonyms). For "
-        "each: the top predictions, the graph's scores, its most influential features with their labels "
-        "(from the organism's shipped feature store), its strongest paths from tokens to the answer, "
-        "and the files: the graph, the viewers' JSON with the feature files, and an SVG picture.",
+        "each: the top predictions, the graph's scores, and its circuit: the supernodes found in it (named "
+        "from the organism's shipped feature store), the strongest paths from tokens to the answer, and "
+        "each supernode taken out (predicted beside measured, with a random control); for the two-hop "
+        "prompt, Texas's specific features swapped for California's. Files: the graph with its "
+        "supernodes, the viewers' JSON with the feature files, and the circuit's picture.",
     )
     p.add_argument("--out", "-o", default="demo-graphs", help="output folder (default: %(default)s)")
     p.add_argument("--dictionary", choices=["clt", "plt"], default="clt", help="which organism dictionary")
@@ -54,92 +56,54 @@ def shipped_store(kind: str, tc):
 
 def run(args: argparse.Namespace) -> int:
     from clew.assets import ORGANISM
-    from clew.attribution import analyze, describe_path, export_json, render_svg, strongest_paths, trace
+    from clew.attribution import export_json
     from clew.attribution.export import slug_from
-    from clew.attribution.labels import promoted_token_labels
-    from clew.commands.features import VIEWER_BASE, graph_labels, write_graph_features
-    from clew.commands.trace import top_features
+    from clew.commands.circuit import circuit_of, show, write
+    from clew.commands.features import VIEWER_BASE, write_graph_features
     from clew.resolve import load_model_and_dictionary
 
     model, tc = load_model_and_dictionary(ORGANISM.name, str(ORGANISM.dictionary_path(args.dictionary)))
     store = shipped_store(args.dictionary, tc)
     out = Path(args.out)
+    options = {"max_feature_nodes": args.max_feature_nodes}
     for task, prompt in demo_prompts():
-        graph = trace(model, tc, prompt, max_feature_nodes=args.max_feature_nodes, progress=False)
-        analysis = analyze(graph)
-        pruned, full, kept = analysis.pruned, analysis.scores, analysis.pruned_scores
+        contrast = CONTRAST if task == "two_hop" else None
+        found = circuit_of(model, tc, prompt, store, contrast, trace_options=options)
+        graph, analysis = found.graph, found.analysis
+        full, kept = analysis.scores, analysis.pruned_scores
         slug = slug_from(prompt)
-        graph.save(out / f"{slug}.safetensors")
+        write(found, out, slug)
         if store is not None:
-            labels = graph_labels(store, graph)
-            write_graph_features(store, graph, pruned.node_mask, out)
-            export_json(
-                graph,
-                analysis,
-                out,
-                slug,
-                labels=labels,
-                feature_json_base_url=VIEWER_BASE,
-                model_id=VIEWER_BASE,
-            )
-        else:
-            labels = promoted_token_labels(model, tc, graph)
-            export_json(graph, analysis, out, slug, labels=labels)
-        render_svg(graph, pruned, out / f"{slug}.svg", labels=labels)
+            write_graph_features(store, graph, analysis.pruned.node_mask, out)
+        export_json(
+            graph,
+            analysis,
+            out,
+            slug,
+            labels=found.labels,
+            feature_json_base_url=VIEWER_BASE if store is not None else None,
+            model_id=VIEWER_BASE if store is not None else None,
+        )
         top = ", ".join(
             f"{label!r} {p:.2f}" for label, p in zip(graph.logit_labels[:3], graph.logit_probs.tolist())
         )
-        print(f"\n[{task}] {prompt!r}")
+        print(f"\n[{task}] {prompt!r}" + (f"  (contrast: {contrast!r})" if contrast else ""))
         print(f"  predicts: {top}")
         print(
-            f"  {graph.settings['n_active_features']} active features, {int(pruned.node_mask[: graph.n_features].sum())} "
-            f"kept; replacement {full.replacement:.2f}, completeness {full.completeness:.2f} "
-            f"(pruned: {kept.replacement:.2f}, {kept.completeness:.2f}); {graph.settings['seconds']:.2f} s"
+            f"  {graph.settings['n_active_features']} active features, "
+            f"{int(analysis.pruned.node_mask[: graph.n_features].sum())} kept; replacement {full.replacement:.2f}, "
+            f"completeness {full.completeness:.2f} (pruned: {kept.replacement:.2f}, {kept.completeness:.2f}); "
+            f"{graph.settings['seconds']:.2f} s"
         )
-        if store is not None:
-            print("  most influential features:")
-            for line in top_features(graph, analysis, labels, k=5):
-                print("    " + line)
-        for path in strongest_paths(graph, pruned, k=3):
-            print("  path:", describe_path(graph, path, labels))
-    experiment(model, tc, store)
-    print(f"\nwrote the graphs, viewer JSON and pictures to {out}/")
+        print("\n".join(show(found, indent="  ")))
+    print(f"\nwrote the graphs (with their supernodes), the viewers' JSON and the circuit pictures to {out}/")
     if store is not None:
-        print(f"labels and feature files ({out}/features/) from {store.path}")
+        print(f"names and feature files ({out}/features/) from {store.path}")
     else:
-        print("labels: the tokens each feature promotes (this organism ships no feature store)")
+        print("names: the tokens each feature promotes (this organism ships no feature store)")
     if args.open:
         from clew.commands.serve import explorer_for, serve_folder
 
         first = f"{slug_from(DALLAS)}.safetensors"
         serve_folder(str(out), explorer_for(str(out)), "127.0.0.1", 0, True, graph=first)
     return 0
-
-
-def experiment(model, tc, store=None, k: int = 20) -> None:
-    """Test the Dallas graph's claim: find what carries Texas, take it out, put California's in."""
-    from clew.attribution.labels import promoted_token_labels
-    from clew.intervene.swap import carriers, swap_experiment
-
-    found = carriers(model, tc, DALLAS, CONTRAST, " Austin", " Sacramento")
-    texas = found[0]
-    graph = texas.graph
-    node = {tuple(f): n for n, f in enumerate(graph.features.tolist())}
-    if store is not None:
-        from clew.commands.features import graph_labels
-
-        labels = graph_labels(store, graph)
-    else:
-        labels = promoted_token_labels(model, tc, graph)
-    print(f"\n[experiment] what carries Texas in {DALLAS!r}: the features at the city that its graph routes")
-    print(
-        f"  to ' Austin' and that {CONTRAST!r} lacks ({len(texas.features)} found; the {k} most influential):"
-    )
-    for layer, pos, index, act, influence in texas.top(8):
-        label = labels.get(node[(layer, pos, index)], "")
-        print(f"  L{layer}/F{index}@{pos}  activation {act:.3f}  influence {influence:.4f}  [{label}]")
-    print(
-        f"  ... and {max(0, min(k, len(texas.features)) - 8)} more; California's {k} are found the same way"
-    )
-    report = swap_experiment(model, tc, DALLAS, CONTRAST, " Austin", " Sacramento", k=k, draws=3, found=found)
-    print("\n".join("  " + line for line in report.markdown().splitlines()[2:]))

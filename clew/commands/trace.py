@@ -191,8 +191,10 @@ def feature_store(args: argparse.Namespace, dictionary):
         from clew.assets import ORGANISM
         from clew.organism.features import STORE_NAME
 
-        path = Path(dictionary.source) / STORE_NAME
-        if path.is_file() and Path(dictionary.source).parent == ORGANISM.folder:
+        folder = Path(dictionary.source)
+        folder = folder.parent if folder.is_file() else folder  # a dictionary read from its config file
+        path = folder / STORE_NAME
+        if path.is_file() and folder.parent == ORGANISM.folder:
             return open_store(str(path), fingerprint=fingerprint(dictionary))
     return None
 

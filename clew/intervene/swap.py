@@ -107,7 +107,7 @@ def carriers(
     return found[0], found[1], pairs
 
 
-def _matched(
+def matched_controls(
     graph: Graph, group: list[tuple[int, int, int, float, float]], gen: torch.Generator
 ) -> list[tuple[int, int, int, float]]:
     """As many other active features, each of the same layer and, while any are left, the same position,
@@ -130,11 +130,11 @@ def _matched(
     return out
 
 
-def _zero(rows) -> list[Edit]:
+def zero_edits(rows) -> list[Edit]:
     return [Edit(Node("feature", l, (p,), i)) for l, p, i, *_ in rows]
 
 
-def _put(rows, to_a: dict[int, int]) -> list[Edit]:
+def put_edits(rows, to_a: dict[int, int]) -> list[Edit]:
     return [Edit(Node("feature", l, (to_a[p],), i), "set", a) for l, p, i, a, *_ in rows if p in to_a]
 
 
@@ -204,17 +204,17 @@ def swap_experiment(
 
     group_a, group_b = carrier_a.top(k), carrier_b.top(k)
     run("none (clean)", [], 0)
-    run(f"zero A's top {len(group_a)} carriers", _zero(group_a), len(group_a))
-    swap = _zero(group_a) + _put(group_b, to_a)
+    run(f"zero A's top {len(group_a)} carriers", zero_edits(group_a), len(group_a))
+    swap = zero_edits(group_a) + put_edits(group_b, to_a)
     run(f"swap: zero A's, put in B's top {len(group_b)}", swap, len(group_a) + len(group_b))
     gen = torch.Generator().manual_seed(seed)
     for d in range(draws):
-        ctrl_a = _matched(carrier_a.graph, group_a, gen)
-        ctrl_b = _matched(carrier_b.graph, group_b, gen)
-        run(f"control {d + 1}: zero {len(ctrl_a)} matched others", _zero(ctrl_a), len(ctrl_a), True)
+        ctrl_a = matched_controls(carrier_a.graph, group_a, gen)
+        ctrl_b = matched_controls(carrier_b.graph, group_b, gen)
+        run(f"control {d + 1}: zero {len(ctrl_a)} matched others", zero_edits(ctrl_a), len(ctrl_a), True)
         run(
             f"control {d + 1}: swap matched others",
-            _zero(ctrl_a) + _put(ctrl_b, to_a),
+            zero_edits(ctrl_a) + put_edits(ctrl_b, to_a),
             len(ctrl_a) + len(ctrl_b),
             True,
         )

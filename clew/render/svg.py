@@ -104,6 +104,23 @@ class Canvas:
         pts = " ".join(f"{x:.2f},{y:.2f}" for x, y in points)
         self.parts.append(f"<polyline points='{pts}' fill='none' stroke='{color}' stroke-width='{width}'/>")
 
+    def curve(
+        self,
+        start: tuple[float, float],
+        end: tuple[float, float],
+        color: str,
+        width: float = 1.0,
+        opacity: float = 1.0,
+        title: str = "",
+    ):
+        """A vertical S-shaped cubic curve from ``start`` to ``end`` (an edge between two rows)."""
+        (x1, y1), (x2, y2) = start, end
+        my = (y1 + y2) / 2
+        self.parts.append(
+            f"<path d='M{x1:.2f},{y1:.2f} C{x1:.2f},{my:.2f} {x2:.2f},{my:.2f} {x2:.2f},{y2:.2f}' fill='none' "
+            f"stroke='{color}' stroke-width='{width:.2f}' stroke-opacity='{opacity:.2f}'>{_tip(title)}</path>"
+        )
+
     def circle(
         self,
         x: float,
@@ -144,6 +161,22 @@ class Canvas:
         self.parts.append(f"<g{attrs}>{_tip(title)}")
         yield
         self.parts.append("</g>")
+
+    def wrapped(self, x: float, y: float, s: str, width_chars: int, size: float = 11, lines: int = 2, **kw):
+        """``s`` broken at spaces into at most ``lines`` lines of about ``width_chars`` characters,
+        centred on (x, y) vertically; the last line is cut with an ellipsis when the text is longer."""
+        words, out = printable(s).split(" "), [""]
+        for w in words:
+            if out[-1] and len(out[-1]) + 1 + len(w) > width_chars:
+                out.append("")
+            out[-1] = f"{out[-1]} {w}".strip()
+        if len(out) > lines:
+            out = out[:lines]
+            out[-1] = out[-1][: width_chars - 1] + "…"
+        out = [o if len(o) <= width_chars else o[: width_chars - 1] + "…" for o in out]
+        top = y - (len(out) - 1) * size * 0.6
+        for i, line in enumerate(out):
+            self.text(x, top + i * size * 1.2, line, size=size, **kw)
 
     def svg(self) -> str:
         body = "\n".join(self.parts)

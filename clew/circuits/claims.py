@@ -1,0 +1,241 @@
+"""The summary's claims tested: each box taken out, the measured change beside the predicted one.
+
+For every supernode and single feature of a :class:`~clew.circuits.summary.Circuit`, its members are
+zeroed and each logit target of the summary is read three ways:
+
+- **predicted**: the change carried through the graph's edges (:func:`clew.intervene.check.through_graph`),
+  of the target's logit minus the mean logit;
+- **constrained**: the frozen model with only the members' writes removed, which the graph's direct
+  edges describe exactly (a check that the edges are what they claim);
+- **patterns frozen**: the replacement model run again with the members zeroed and attention patterns
+  and norm scales replayed from the clean run: only the features' own nonlinearity is left;
+- **free**: the replacement model run again with the members zeroed (errors frozen): features
+  downstream re-encode, attention and norms recompute. This is the claim's real test; where it parts
+  from *patterns frozen*, attention moved (a group at the last position can change where later layers
+  look, which no frozen-attention graph shows).
+
+Beside them, a **control**: as many other active features of the same layers and position, of the
+nearest activations, zeroed the same way (drawn with a seed). A box is **flagged** when taking it out
+moves the top target no more than its control does (plus a small margin): the graph gave it weight,
+the model does not rely on it.
+
+With a contrast prompt, the **swap**: the prompt's specific features (every active feature at the
+differing span that the contrast lacks: its specific supernodes and the weaker ones pruning left out)
+zeroed and the contrast's put in at the aligned positions, with their activations there, beside the same
+swap done with matched random features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from clew.circuits.groups import contrast_sides
+from clew.circuits.summary import Circuit
+from clew.dictionaries import Transcoder
+from clew.intervene.check import through_graph
+from clew.intervene.run import intervene, run_free
+from clew.intervene.spec import Edit, Interventions, Node
+from clew.intervene.swap import align, matched_controls, put_edits, zero_edits
+from clew.models import Transformer
+from clew.replacement import LocalReplacement
+
+MARGIN = 0.05
+"""Nats by which a box's free effect on the top target must exceed its control's not to be flagged."""
+
+
+@dataclass
+class Claim:
+    box: str
+    """The box's key (``S1``...)."""
+    name: str
+    n_features: int
+    target: str
+    """The top logit target's label."""
+    predicted: float
+    """Change of the target's logit minus the mean logit, carried through the graph."""
+    direct: float
+    """The same from the box's direct edges alone."""
+    constrained: float
+    frozen_patterns: float
+    """The free run with attention patterns and norm scales replayed from the clean run: features
+    re-encode, nothing else moves. Where it agrees with ``predicted`` and ``free`` does not, attention
+    (which the graph freezes) did the rest."""
+    free: float
+    control: float
+    """The free change when as many matched random features are zeroed."""
+    p_before: float
+    p_after: float
+    p_control: float
+    flagged: bool
+
+
+@dataclass
+class Swap:
+    prompt: str
+    contrast: str
+    answer: str
+    contrast_answer: str
+    n_out: int
+    n_in: int
+    p_answer: tuple[float, float, float]
+    """p(answer): clean, swapped, control-swapped."""
+    p_contrast: tuple[float, float, float]
+    """p(contrast answer): clean, swapped, control-swapped."""
+    top: tuple[str, str]
+    """Top token after the swap and after the control swap."""
+
+    @property
+    def worked(self) -> bool:
+        return self.top[0] == self.contrast_answer
+
+
+@dataclass
+class Claims:
+    claims: list[Claim] = field(default_factory=list)
+    swap: Swap | None = None
+
+    def markdown(self) -> str:
+        lines = [
+            "| box | name | features | predicted | constrained | patterns frozen | free | control | p(top) after (control) | |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for c in self.claims:
+            lines.append(
+                f"| {c.box} | {c.name} | {c.n_features} | {c.predicted:+.2f} | {c.constrained:+.2f} "
+                f"| {c.frozen_patterns:+.2f} | {c.free:+.2f} "
+                f"| {c.control:+.2f} | {c.p_after:.3f} ({c.p_control:.3f}) | {'no effect beyond control' if c.flagged else ''} |"
+            )
+        if self.claims:
+            lines.append(
+                f"\nchanges of {self.claims[0].target!r} (its logit minus the mean logit; p before: {self.claims[0].p_before:.3f})"
+            )
+        if self.swap is not None:
+            s = self.swap
+            lines.append(
+                f"\nswap: {s.n_out} specific features of this prompt out, {s.n_in} of {s.contrast!r} in: "
+                f"p({s.answer!r}) {s.p_answer[0]:.3f} → {s.p_answer[1]:.3f} (control {s.p_answer[2]:.3f}), "
+                f"p({s.contrast_answer!r}) {s.p_contrast[0]:.3f} → {s.p_contrast[1]:.3f} (control {s.p_contrast[2]:.3f}); "
+                f"top token {s.top[0]!r} (control {s.top[1]!r})"
+            )
+        return "\n".join(lines)
+
+
+def _edits(graph, members: list[int]) -> Interventions:
+    return Interventions(
+        [
+            Edit(
+                Node(
+                    "feature",
+                    int(graph.features[n, 0]),
+                    (int(graph.features[n, 1]),),
+                    int(graph.features[n, 2]),
+                )
+            )
+            for n in members
+        ]
+    )
+
+
+def _rows(graph, members: list[int]) -> list[tuple[int, int, int, float, float]]:
+    return [(*(int(v) for v in graph.features[n]), float(graph.activations[n]), 0.0) for n in members]
+
+
+def _centred(logits: torch.Tensor, token: int) -> float:
+    return float(logits[token] - logits.mean())
+
+
+@torch.no_grad()
+def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: int = 0) -> Claims:
+    """Take out every supernode and single feature of ``circuit`` (module docstring)."""
+    graph = circuit.graph
+    tokens = graph.tokens.to(model.embed.weight.device)
+    local = LocalReplacement(model, tc, tokens)
+    token = int(graph.logit_tokens[0])
+    target = graph.logit_labels[0]
+    direction = graph.logit_vectors[0].float() if graph.logit_vectors is not None else None
+    gen = torch.Generator().manual_seed(seed)
+    out = Claims()
+    for box in circuit.boxes:
+        if box.kind not in ("supernode", "feature"):
+            continue
+        members = torch.tensor(box.members)
+        predicted = float(through_graph(graph, members)[0])
+        direct = -float(graph.adjacency[graph.n_features, members].float().sum())
+        edits = _edits(graph, box.members)
+        c = intervene(model, tc, tokens, edits, mode="constrained", local=local)
+        constrained = (
+            float((c.normed - c.clean_normed) @ direction) if direction is not None else float("nan")
+        )
+        f = intervene(model, tc, tokens, edits, errors="frozen")
+        replay = run_free(model, tc, tokens[None], edits, frozen=local.cache.frozen()).logits[0, -1].float()
+        frozen_patterns = _centred(replay, token) - _centred(local.logits[-1].float(), token)
+        control_rows = matched_controls(graph, _rows(graph, box.members), gen)
+        k = intervene(model, tc, tokens, Interventions(zero_edits(control_rows)), errors="frozen")
+        free = _centred(f.logits.float(), token) - _centred(f.clean_logits.float(), token)
+        ctrl = _centred(k.logits.float(), token) - _centred(k.clean_logits.float(), token)
+        out.claims.append(
+            Claim(
+                box=box.key,
+                name=box.name,
+                n_features=len(box.members),
+                target=target,
+                predicted=predicted,
+                direct=direct,
+                constrained=constrained,
+                frozen_patterns=frozen_patterns,
+                free=free,
+                control=ctrl,
+                p_before=float(f.probs(clean=True)[token]),
+                p_after=float(f.probs()[token]),
+                p_control=float(k.probs()[token]),
+                flagged=abs(free) <= abs(ctrl) + MARGIN,
+            )
+        )
+    return out
+
+
+def specific_nodes(circuit: Circuit, contrast: Circuit) -> list[int]:
+    """Every active feature of ``circuit``'s graph at the span where the two prompts differ that the
+    contrast lacks: its specific supernodes, and the specific features pruning left out, which carry
+    the same information more weakly (a swap of the pruned ones alone often leaves the old answer)."""
+    sides = contrast_sides(circuit.graph, contrast.graph)
+    return [n for n, side in sorted(sides.items()) if side == "specific"]
+
+
+@torch.no_grad()
+def measure_swap(
+    model: Transformer, tc: Transcoder, circuit: Circuit, contrast: Circuit, seed: int = 0
+) -> Swap:
+    """This prompt's specific supernodes out, the contrast's in (module docstring)."""
+    a, b = circuit.graph, contrast.graph
+    pairs, _, _ = align(a.tokens.tolist(), b.tokens.tolist())
+    to_a = {pb: pa for pa, pb in pairs.items()}
+    out_nodes, in_nodes = specific_nodes(circuit, contrast), specific_nodes(contrast, circuit)
+    rows_a, rows_b = _rows(a, out_nodes), _rows(b, in_nodes)
+    tokens = a.tokens.to(model.embed.weight.device)
+    swap = intervene(
+        model, tc, tokens, Interventions(zero_edits(rows_a) + put_edits(rows_b, to_a)), errors="frozen"
+    )
+    gen = torch.Generator().manual_seed(seed)
+    ctrl_a, ctrl_b = matched_controls(a, rows_a, gen), matched_controls(b, rows_b, gen)
+    control = intervene(
+        model, tc, tokens, Interventions(zero_edits(ctrl_a) + put_edits(ctrl_b, to_a)), errors="frozen"
+    )
+    ta, tb = int(a.logit_tokens[0]), int(b.logit_tokens[0])
+
+    def decode(i: int) -> str:
+        return model.tokenizer.decode([i]) if model.tokenizer is not None else str(i)
+
+    return Swap(
+        a.prompt,
+        b.prompt,
+        a.logit_labels[0],
+        b.logit_labels[0],
+        len(rows_a),
+        len(rows_b),
+        (float(swap.probs(clean=True)[ta]), float(swap.probs()[ta]), float(control.probs()[ta])),
+        (float(swap.probs(clean=True)[tb]), float(swap.probs()[tb]), float(control.probs()[tb])),
+        (decode(int(swap.logits.argmax())), decode(int(control.logits.argmax()))),
+    )

@@ -1,0 +1,175 @@
+"""Names of supernodes, from what their members fire on, the context they fire in, and what they say.
+
+A supernode's name pools its members, each weighted by its influence in the graph:
+
+- **fires on**: the tokens at the peaks of the members' top examples (from a feature store), each
+  example weighted by its activation relative to its feature's largest; up to three tokens holding at
+  least a tenth of the weight (``Dallas/Antonio/Worth``). Without a store, the members' own labels
+  are pooled the same way (the most common label part).
+- **topic**: the word most over-represented in the members' example windows against the store's
+  examples as a whole (a log-odds ratio, weighted by how often it occurs), when it appears in at least
+  a third of the windows and is neither one of the peak tokens nor a token of the prompt (which the
+  picture shows anyway): ``(Texas)``. This is what lets a group of
+  city features be named by the state the corpus mentions beside them.
+- **says**: when at least a quarter of the group's outgoing edge flow goes straight into a logit node,
+  ``say ' Austin'`` (the logit it pushes hardest, by summed direct edges), or ``not ' Austin'`` when
+  the strongest push is down.
+
+Names are deterministic. They are guesses to read, not claims; the claims are tested by
+:mod:`clew.circuits.claims`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+import torch
+
+from clew.attribution import Analysis, Graph
+from clew.circuits.groups import Supernode
+from clew.features import FeatureStore
+
+STOP = {
+    "is", "in", "of", "the", "a", "an", "to", "and", "was", "that", "it", "he", "she", "on", "at", "for",
+    "with", "by", "as", "est", "le", "la", "de", "les", "du", "des", "un", "une", "et", "'s", "<bos>",
+}  # fmt: skip
+"""Words too common to name a topic."""
+
+SAYS_SHARE = 0.25
+"""A group says a token when this share of its outgoing flow goes straight into that logit."""
+
+
+def _word(text: str) -> str:
+    return text.strip() or repr(text)
+
+
+def _is_word(text: str) -> bool:
+    w = text.strip().lower()
+    return len(w) > 2 and w.isalpha() and w not in STOP
+
+
+class Background:
+    """How often each token appears in the example windows of a store (one count per window), from
+    the top examples of every feature: the baseline a topic word must stand out from."""
+
+    def __init__(self, store: FeatureStore):
+        self.counts: Counter[int] = Counter()
+        self.windows = 0
+        for record in store.features():
+            for e in record.of_kind("top"):
+                self.counts.update(set(e.tokens))
+                self.windows += 1
+
+    def rate(self, token: int) -> float:
+        return (self.counts[token] + 1) / (self.windows + 2)
+
+
+def _pooled(weights: dict[int, float], k: int = 3) -> list[int]:
+    total = sum(weights.values())
+    if total <= 0:
+        return []
+    ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [t for t, w in ranked[:k] if w >= 0.1 * total] or [ranked[0][0]]
+
+
+def fires_on_and_topic(
+    graph: Graph, members: Iterable[int], influence: torch.Tensor, store: FeatureStore, background: Background
+) -> tuple[str, str]:
+    """The pooled peak tokens (``a/b/c``) and the topic word (or ``""``) of a group of feature nodes."""
+    texts = store.vocab()
+    peaks: dict[int, float] = {}
+    windows: Counter[int] = Counter()
+    n_windows = 0.0
+    for n in members:
+        layer, index = int(graph.features[n, 0]), int(graph.features[n, 2])
+        record = store.feature(layer, index)
+        w_node = max(float(influence[n]), 0.0)
+        scale = record.act_max or 1.0
+        for e in record.of_kind("top"):
+            if not e.tokens:
+                continue
+            w = w_node * max(e.activation, 0.0) / scale
+            peaks[e.tokens[e.peak]] = peaks.get(e.tokens[e.peak], 0.0) + w
+            for t in set(e.tokens):
+                windows[t] += w
+            n_windows += w
+    chosen = _pooled(peaks)
+    fires = "/".join(_word(texts.get(t, str(t))) for t in chosen)
+    if n_windows <= 0:
+        return fires, ""
+    best, best_score = None, 0.0
+    in_prompt = set(graph.tokens.tolist())
+    for t, w in windows.items():
+        if t in chosen or t in in_prompt or not _is_word(texts.get(t, "")):
+            continue
+        rate = w / n_windows
+        if rate < 1 / 3:
+            continue
+        score = rate * math.log(rate / background.rate(t))
+        if score > best_score + 1e-12:
+            best, best_score = t, score
+    topic = _word(texts[best]) if best is not None and best_score > 0.2 else ""
+    return fires, topic
+
+
+def says(graph: Graph, analysis: Analysis, members: list[int]) -> str:
+    """``say 'token'`` (or ``not 'token'``) when the group writes mostly straight into the logits
+    (module docstring), else ``""``."""
+    edges = graph.adjacency.float() * analysis.pruned.edge_mask
+    out = edges[:, members]  # (rows, k): the group's kept outgoing edges
+    flow = out.abs().sum()
+    if float(flow) <= 0:
+        return ""
+    to_logits = out[graph.n_features :].sum(1)  # (T,) signed, summed over members
+    if float(out[graph.n_features :].abs().sum()) < SAYS_SHARE * float(flow):
+        return ""
+    j = int(to_logits.abs().argmax())
+    verb = "say" if float(to_logits[j]) > 0 else "not"
+    return f"{verb} {graph.logit_labels[j]!r}"
+
+
+def name_of(
+    graph: Graph,
+    analysis: Analysis,
+    group: Supernode,
+    labels: dict[int, str] | None = None,
+    store: FeatureStore | None = None,
+    background: Background | None = None,
+) -> str:
+    """A short name for one supernode (module docstring)."""
+    influence = analysis.pruned.influence
+    fires, topic = "", ""
+    if store is not None:
+        fires, topic = fires_on_and_topic(
+            graph, group.members, influence, store, background or Background(store)
+        )
+    elif labels:
+        parts: dict[str, float] = {}
+        for n in group.members:
+            head = labels.get(n, "").split("→")[0].strip()
+            if head:
+                parts[head] = parts.get(head, 0.0) + max(float(influence[n]), 0.0)
+        if parts:
+            fires = sorted(parts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    name = fires or f"features@{group.position}"
+    if topic:
+        name += f" ({topic})"
+    said = says(graph, analysis, group.members)
+    return f"{name} → {said}" if said else name
+
+
+def name_supernodes(
+    graph: Graph,
+    analysis: Analysis,
+    groups: list[Supernode],
+    labels: dict[int, str] | None = None,
+    store: FeatureStore | None = None,
+) -> list[Supernode]:
+    """Name every group in place (and return them)."""
+    background = Background(store) if store is not None else None
+    for group in groups:
+        if group.source == "auto" or not group.name:
+            group.name = name_of(graph, analysis, group, labels, store, background)
+    return groups

@@ -1,0 +1,139 @@
+"""The organism's two-hop circuit over many cities: is there a supernode at the city that names its
+state, does taking it out hurt the capital more than a matched random group, and does swapping in
+another state's group give that state's capital? Every row is printed; nothing is picked.
+
+    python examples/circuit_cities.py [--dictionary clt|plt] [--out docs/circuits-cities.md]
+
+Cities: for each of the first states (table order) with at least three cities, one city taught in the
+two-hop sentence and the held-out one (never seen in that sentence), each contrasted with a city of the
+next state. Stability: the supernodes of one graph found twice, and at neighbouring prune thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+TEMPLATE = "The capital of the state containing {} is"
+
+
+def cities(n_states: int):
+    from clew.organism.corpus import Split
+    from clew.organism.world import US_STATES
+
+    split = Split.from_seed(0)
+    states = [s for s in US_STATES if len(s.cities) >= 3][:n_states]
+    rows = []
+    for i, state in enumerate(states):
+        other = states[(i + 1) % len(states)]
+        taught = next(c for c in state.cities if c not in split.heldout_cities)
+        held = next(c for c in state.cities if c in split.heldout_cities)
+        contrast = next(c for c in other.cities if c not in split.heldout_cities)
+        for city, kind in ((taught, "taught"), (held, "held out")):
+            rows.append((city, state, kind, contrast, other))
+    return rows
+
+
+def jaccard_match(a: list[list[int]], b: list[list[int]]) -> float:
+    """Mean over a's groups of the best Jaccard overlap with a group of b, weighted by group size."""
+    if not a:
+        return 1.0 if not b else 0.0
+    total = sum(len(g) for g in a)
+    score = 0.0
+    for g in a:
+        best = max((len(set(g) & set(h)) / len(set(g) | set(h)) for h in b), default=0.0)
+        score += best * len(g)
+    return score / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dictionary", default="clt")
+    parser.add_argument("--states", type=int, default=12)
+    parser.add_argument("--out", help="also write the markdown table here")
+    args = parser.parse_args()
+
+    from clew.assets import ORGANISM
+    from clew.attribution import analyze
+    from clew.circuits import group_features
+    from clew.commands.circuit import circuit_of
+    from clew.commands.demo import shipped_store
+    from clew.resolve import load_model_and_dictionary
+
+    model, tc = load_model_and_dictionary(ORGANISM.name, str(ORGANISM.dictionary_path(args.dictionary)))
+    store = shipped_store(args.dictionary, tc)
+    lines = [
+        "| city | state | two-hop | supernode at the city | names the state | p(capital) clean | "
+        "out: p(capital) | control: p(capital) | below control | swap with | top after swap | swap worked |",
+        "|---|---|---|---|---|---:|---:|---:|---|---|---|---|",
+    ]
+    tally = {"rows": 0, "named": 0, "below": 0, "swapped": 0, "found": 0}
+    t0 = time.perf_counter()
+    for city, state, kind, contrast_city, other in cities(args.states):
+        found = circuit_of(model, tc, TEMPLATE.format(city), store, TEMPLATE.format(contrast_city))
+        graph, circuit, claims = found.graph, found.circuit, found.claims
+        city_pos = graph.n_pos - 2  # the city's last token; ' is' follows
+        at_city = [s for s in circuit.supernodes if s.position == city_pos and s.side == "specific"]
+        tally["rows"] += 1
+        swap = claims.swap
+        answer = graph.logit_labels[0]
+        swapped = swap.top[0].strip() == other.capital.split()[0]
+        tally["swapped"] += swapped
+        if not at_city:
+            lines.append(
+                f"| {city} | {state.name} | {kind} | none | no | {float(graph.logit_probs[0]):.3f} | | | no | "
+                f"{contrast_city} | {swap.top[0]!r} | {'yes' if swapped else 'no'} |"
+            )
+            continue
+        tally["found"] += 1
+        best = at_city[0]
+        key = next(
+            (b.key for b in circuit.boxes if b.kind == "supernode" and b.members == best.members), None
+        )
+        claim = next((c for c in claims.claims if c.box == key), None)
+        named = state.name.lower() in best.name.lower()
+        tally["named"] += named
+        below = claim is not None and claim.p_after < claim.p_control
+        tally["below"] += below
+        p_out = f"{claim.p_after:.3f}" if claim else "(not in summary)"
+        p_ctl = f"{claim.p_control:.3f}" if claim else ""
+        lines.append(
+            f"| {city} | {state.name} | {kind} | [{best.name}] ({len(best.members)}) | {'yes' if named else 'no'} | "
+            f"{float(graph.logit_probs[0]):.3f} {answer!r} | {p_out} | {p_ctl} | {'yes' if below else 'no'} | "
+            f"{contrast_city} ({other.capital}) | {swap.top[0]!r} | {'yes' if swapped else 'no'} |"
+        )
+    n = tally["rows"]
+    summary = (
+        f"\n{n} cities in {args.states} states ({time.perf_counter() - t0:.0f} s): a specific supernode at the city in "
+        f"{tally['found']}/{n}; its name names the state in {tally['named']}/{n}; taking it out leaves the "
+        f"capital less likely than a matched random group in {tally['below']}/{n}; the swap gives the other "
+        f"state's capital in {tally['swapped']}/{n}."
+    )
+
+    # stability: the same graph twice, and neighbouring prune thresholds
+    found = circuit_of(
+        model, tc, TEMPLATE.format("Dallas"), store, TEMPLATE.format("Los Angeles"), claims=False
+    )
+    g = found.graph
+    base = [s.members for s in found.circuit.supernodes]
+    from clew.attribution import trace
+
+    contrast_graph = trace(model, tc, TEMPLATE.format("Los Angeles"), progress=False)
+    twice = [s.members for s in group_features(g, found.analysis, contrast=contrast_graph)]
+    stab = [f"\nstability on the Dallas graph: grouped twice, identical: {twice == base}"]
+    for threshold in (0.7, 0.75, 0.85, 0.9):
+        other_groups = [s.members for s in group_features(g, analyze(g, threshold), contrast=contrast_graph)]
+        stab.append(
+            f"- node threshold {threshold} instead of 0.8: {len(other_groups)} supernodes against {len(base)}; "
+            f"size-weighted best Jaccard overlap {jaccard_match(base, other_groups):.2f} "
+            f"(and back {jaccard_match(other_groups, base):.2f})"
+        )
+    text = "\n".join(lines) + "\n" + summary + "\n" + "\n".join(stab) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

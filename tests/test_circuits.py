@@ -1,0 +1,152 @@
+"""Circuits: supernodes found deterministically and by the rules, exact summed edges, bottleneck paths,
+claims whose constrained measurement equals the graph's direct edges, the picture and the command."""
+
+from __future__ import annotations
+
+import itertools
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+from hf_tiny import FAMILIES
+from tiny_dictionaries import random_transcoder
+
+from clew.attribution import Graph, analyze, trace
+from clew.circuits import Supernode, find_circuit, group_features, measure_claims, summarize
+from clew.circuits.picture import render_circuit
+from clew.cli import main
+
+DALLAS = "The capital of the state containing Dallas is"
+LA = "The capital of the state containing Los Angeles is"
+
+
+@pytest.fixture(scope="module")
+def organism():
+    from clew.assets import ORGANISM
+    from clew.commands.demo import shipped_store
+    from clew.resolve import load_model_and_dictionary
+
+    model, tc = load_model_and_dictionary(ORGANISM.name, str(ORGANISM.dictionary_path("clt")))
+    return model, tc, shipped_store("clt", tc)
+
+
+@pytest.fixture(scope="module")
+def dallas(organism):
+    model, tc, store = organism
+    from clew.commands.features import graph_labels
+
+    a, b = trace(model, tc, DALLAS, progress=False), trace(model, tc, LA, progress=False)
+    analysis = analyze(a)
+    circuit = find_circuit(a, analysis, graph_labels(store, a), store, contrast=b)
+    return a, b, analysis, circuit
+
+
+def test_supernodes_follow_the_rules_and_are_deterministic(dallas):
+    a, b, analysis, circuit = dallas
+    groups = circuit.supernodes
+    assert 2 <= len(groups) <= 12
+    again = group_features(a, analysis, contrast=b)
+    assert [g.members for g in again] == [g.members for g in groups]  # the same graph, the same groups
+    seen = set()
+    for g in groups:
+        assert len(g.members) >= 2 and g.name
+        assert {int(a.features[n, 1]) for n in g.members} == {g.position}  # one position
+        assert all(bool(analysis.pruned.node_mask[n]) and n < a.n_features for n in g.members)
+        assert set(g.why) == set(g.members)
+        assert not seen & set(g.members)  # no feature in two groups
+        seen |= set(g.members)
+    # at the city, the prompt-specific features and the shared ones never mix
+    at_city = [g for g in groups if g.position == 7]
+    assert at_city and all(g.side in ("specific", "shared") for g in at_city)
+    assert any(g.side == "specific" for g in at_city)
+
+
+def test_supernodes_round_trip_through_the_graph_file(dallas, tmp_path):
+    a, _, _, circuit = dallas
+    path = a.save(tmp_path / "g.safetensors")
+    back = Graph.load(path)
+    stored = back.annotations["supernodes"]
+    assert [s["name"] for s in stored] == [g.name for g in circuit.supernodes]
+    again = [Supernode.from_json(back, s) for s in stored]
+    assert [g.members for g in again] == [g.members for g in circuit.supernodes]
+
+
+def test_summary_edges_are_exact_sums_and_paths_rank_by_bottleneck(dallas):
+    a, _, _, circuit = dallas
+    square = a.square().float()
+    for t, s in itertools.product(range(len(circuit.boxes)), repeat=2):
+        if t == s:
+            continue
+        want = square[circuit.boxes[t].members][:, circuit.boxes[s].members].sum()
+        assert abs(float(circuit.weight[t, s]) - float(want)) <= 1e-5 * max(1.0, abs(float(want)))
+    paths = circuit.paths(k=5)
+    assert (
+        paths
+        and circuit.boxes[paths[0][1][0]].kind == "token"
+        and circuit.boxes[paths[0][1][-1]].kind == "logit"
+    )
+    necks = [neck for neck, _ in paths]
+    assert necks == sorted(necks, reverse=True)
+    for neck, path in paths:
+        flows = [float(circuit.flow[t, s]) for s, t in zip(path, path[1:])]
+        assert all(bool(circuit.kept[t, s]) for s, t in zip(path, path[1:]))
+        assert neck == pytest.approx(min(flows))
+    assert 0 < circuit.coverage <= 1
+    assert all(line.startswith("'") for line in circuit.diagram(3))
+
+
+def test_claims_constrained_equals_the_graph_and_the_swap_runs(organism, dallas):
+    model, tc, store = organism
+    a, b, analysis, circuit = dallas
+    claims = measure_claims(model, tc, circuit)
+    assert len(claims.claims) == sum(box.kind in ("supernode", "feature") for box in circuit.boxes)
+    scale = max(abs(c.direct) for c in claims.claims)
+    for c in claims.claims:
+        assert abs(c.constrained - c.direct) <= 1e-4 * scale  # the graph's direct edges, measured
+        assert 0 <= c.p_after <= 1 and c.flagged == (abs(c.free) <= abs(c.control) + 0.05)
+    from clew.circuits import measure_swap
+    from clew.commands.features import graph_labels
+
+    contrast = find_circuit(b, analyze(b), graph_labels(store, b), store, contrast=a)
+    swap = measure_swap(model, tc, circuit, contrast)
+    assert swap.n_out > 0 and swap.n_in > 0
+    assert swap.p_answer[1] < swap.p_answer[0]  # Austin falls when Texas's specific features go
+
+
+def test_picture_labels_every_box(dallas, tmp_path):
+    _, _, _, circuit = dallas
+    path = render_circuit(circuit, tmp_path / "c.svg")
+    root = ET.parse(path).getroot()
+    keys = [g.get("data-key") for g in root.iter("{http://www.w3.org/2000/svg}g")]
+    assert sorted(keys) == sorted(b.key for b in circuit.boxes)
+    texts = "".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
+    for box in circuit.boxes:
+        if box.kind == "supernode":
+            assert box.key in texts
+
+
+@pytest.mark.parametrize("family", FAMILIES[:3])
+def test_every_family_gets_a_circuit(models, family):
+    """No meaning expected from random dictionaries: the code paths run and the sums stay exact."""
+    model = models[family]
+    tc = random_transcoder(model.cfg, "plt-jumprelu")
+    tokens = torch.randint(0, 211, (9,), generator=torch.Generator().manual_seed(1))
+    graph = trace(model, tc, tokens, max_n_logits=2, desired_logit_prob=0.99, progress=False)
+    analysis = analyze(graph)
+    circuit = summarize(graph, analysis, group_features(graph, analysis))
+    claims = measure_claims(model, tc, circuit)
+    scale = max([abs(c.direct) for c in claims.claims] + [1e-6])
+    assert all(abs(c.constrained - c.direct) <= 1e-4 * scale for c in claims.claims)
+
+
+def test_circuit_command(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["circuit", DALLAS, "-m", "organism", "--contrast-prompt", LA, "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "supernodes:" in text and "swap:" in text and "bottleneck" in text
+    assert "↑" not in text  # named from the shipped feature store, not promoted-token guesses
+    names = sorted(p.name for p in out.iterdir())
+    slug = "the-capital-of-the-state-containing-dallas-is"
+    assert names == sorted([f"{slug}.safetensors", f"{slug}-circuit.svg", f"{slug}-circuit.json"])
+    assert Graph.load(out / f"{slug}.safetensors").annotations["supernodes"]
+    assert main(["circuit", DALLAS, "-m", "organism", "--group-threshold", "2"]) == 2
