@@ -229,7 +229,7 @@ def test_writes_need_the_token_and_the_servers_origin(made):
         {"supernodes": [{"name": "", "members": ["logit@0"]}]},
         {"supernodes": [{"name": "x", "members": []}]},
         {"supernodes": [{"name": "x", "members": ["logit@0"], "source": "evil"}]},
-        {"supernodes": [{"name": "x", "members": ["logit@0"]}, {"name": "x", "members": ["token@1"]}]},
+        {"supernodes": [{"name": "x", "members": ["logit@0"], "why": {"token@1": "not a member"}}]},
         {"labels": {"nope": "x"}},
         {"labels": {"logit@0": 3}},
         {"view": {"threshold": 2}},
@@ -245,6 +245,32 @@ def test_bad_state_is_refused_and_the_file_untouched(made, state):
     r = _write(made, "/api/state", {"graph": "dallas.safetensors", "state": state})
     assert r.status_code == 400 and r.json()["error"].startswith("state:")
     assert _digest(path) == before
+
+
+def test_automatic_supernodes_are_kept_when_saving(made, tmp_path):
+    """clew.circuits writes supernodes (why per member, a side); the page sends them back with a user's."""
+    import shutil
+
+    from clew.attribution import analyze
+    from clew.circuits import find_circuit
+
+    shutil.copy(made["root"] / "dallas.safetensors", made["root"] / "circuit.safetensors")
+    graph = Graph.load(made["root"] / "circuit.safetensors")
+    graph.annotations = {}
+    find_circuit(graph, analyze(graph))
+    graph.save(made["root"] / "circuit.safetensors")
+    auto = graph.annotations["supernodes"]
+    try:
+        assert auto and all(s["source"] == "auto" for s in auto)
+        view = made["client"].get("/api/view", params={"graph": "circuit.safetensors"}).json()
+        assert view["annotations"]["supernodes"] == auto
+        mine = {"name": "mine", "members": ["logit@0"], "why": "", "source": "user"}
+        state = {"supernodes": [*auto, mine]}
+        assert _write(made, "/api/state", {"graph": "circuit.safetensors", "state": state}).status_code == 200
+        saved = Graph.load(made["root"] / "circuit.safetensors").annotations["supernodes"]
+        assert saved == [*auto, mine]
+    finally:
+        (made["root"] / "circuit.safetensors").unlink()
 
 
 def test_viewer_json_is_read_only(made):
@@ -264,7 +290,7 @@ def test_background_server_listens_on_loopback_only(made):
         import urllib.request
 
         with urllib.request.urlopen(server.url + "api/graphs", timeout=10) as r:
-            assert "dallas.safetensors" in json.loads(r.read())["graphs"][1]["name"]
+            assert "dallas.safetensors" in [g["name"] for g in json.loads(r.read())["graphs"]]
         # not reachable on this machine's other addresses
         others = {
             info[4][0]

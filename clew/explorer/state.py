@@ -59,20 +59,16 @@ def check_state(state: Any, keys: set[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     supernodes = []
-    names = set()
     for i, s in enumerate(_list(state.get("supernodes", []), "supernodes")):
         where = f"supernodes[{i}]"
         if not isinstance(s, dict):
             raise ClewError(f"state: {where} is not an object")
-        extra = set(s) - {"name", "members", "why", "source"}
+        extra = set(s) - {"name", "members", "why", "side", "source"}
         if extra:
             raise ClewError(f"state: {where} has an unknown field {sorted(extra)[0]!r}")
         name = _text(s.get("name"), f"{where}.name").strip()
         if not name:
             raise ClewError(f"state: {where}.name is empty")
-        if name in names:
-            raise ClewError(f"state: {where}.name {name!r} names two supernodes")
-        names.add(name)
         members = [
             _key(m, f"{where}.members[{j}]", keys)
             for j, m in enumerate(_list(s.get("members"), f"{where}.members"))
@@ -84,12 +80,17 @@ def check_state(state: Any, keys: set[str]) -> dict[str, Any]:
         source = s.get("source", "user")
         if source not in SOURCES:
             raise ClewError(f"state: {where}.source {source!r} is not one of {', '.join(SOURCES)}")
-        entry = {
-            "name": name,
-            "members": members,
-            "why": _text(s.get("why", ""), f"{where}.why"),
-            "source": source,
-        }
+        why = s.get("why", "")
+        if isinstance(why, dict):  # clew.circuits: member -> why it is in the group
+            why = {
+                _key(k, f"{where}.why key", set(members)): _text(v, f"{where}.why[{k!r}]")
+                for k, v in why.items()
+            }
+        else:
+            why = _text(why, f"{where}.why")
+        entry = {"name": name, "members": members, "why": why, "source": source}
+        if "side" in s:
+            entry["side"] = _text(s["side"], f"{where}.side")
         supernodes.append(entry)
     out["supernodes"] = supernodes
 

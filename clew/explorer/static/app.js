@@ -324,17 +324,18 @@ function renderPins() {
     row.dataset.name = s.name;
     const tick = el("input");
     tick.type = "checkbox";
-    tick.checked = state.ticked.has(`sn:${s.name}`);
-    tick.addEventListener("change", () => toggleTick(`sn:${s.name}`, tick.checked));
+    tick.checked = state.ticked.has(`sn:${idx}`);
+    tick.addEventListener("change", () => toggleTick(`sn:${idx}`, tick.checked));
     const name = el("input");
     name.value = s.name;
     name.className = "rename";
-    name.title = `${s.members.length} members: ${s.members.join(", ")}${s.why ? "\n" + s.why : ""}`;
+    const why = typeof s.why === "string" ? s.why : Object.values(s.why || {}).slice(0, 5).join("; ");
+    name.title = `${s.members.length} members: ${s.members.join(", ")}${why ? "\n" + why : ""}`;
     name.addEventListener("change", () => rename(idx, name.value));
     const ungroup = el("button", "ungroup");
     ungroup.addEventListener("click", () => {
-      state.ticked.delete(`sn:${s.name}`);
       state.supernodes.splice(idx, 1);
+      clearSupernodeTicks();
       afterGroups();
     });
     row.append(tick, name, el("span", ` ${s.members.length} · ${s.source || "user"}`, "muted"), ungroup);
@@ -362,6 +363,10 @@ function renderPins() {
   }
 }
 
+function clearSupernodeTicks() {
+  for (const id of [...state.ticked]) if (id.startsWith("sn:")) state.ticked.delete(id);
+}
+
 function toggleTick(id, on) {
   if (on) state.ticked.add(id);
   else state.ticked.delete(id);
@@ -371,7 +376,7 @@ function tickedMembers() {
   const keys = [];
   for (const id of state.ticked) {
     if (id.startsWith("sn:")) {
-      const s = state.supernodes.find((x) => x.name === id.slice(3));
+      const s = state.supernodes[Number(id.slice(3))];
       if (s) keys.push(...s.members);
     } else keys.push(id);
   }
@@ -381,7 +386,7 @@ function tickedMembers() {
 function group() {
   const members = tickedMembers();
   if (members.length < 2) return setStatus("tick two or more pins to group them", true);
-  state.supernodes = state.supernodes.filter((s) => !state.ticked.has(`sn:${s.name}`));
+  state.supernodes = state.supernodes.filter((s, i) => !state.ticked.has(`sn:${i}`));
   let n = state.supernodes.length + 1;
   while (state.supernodes.some((s) => s.name === `group ${n}`)) n++;
   state.supernodes.push({ name: `group ${n}`, members, why: "", source: "user" });
@@ -396,9 +401,7 @@ function rename(idx, name) {
     setStatus(`a supernode needs a name of its own`, true);
     return renderPins();
   }
-  const old = state.supernodes[idx];
-  if (state.ticked.delete(`sn:${old.name}`)) state.ticked.add(`sn:${name}`);
-  state.supernodes[idx] = { ...old, name, source: "user" };
+  state.supernodes[idx] = { ...state.supernodes[idx], name, source: "user" };
   afterGroups();
 }
 
