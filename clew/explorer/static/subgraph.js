@@ -26,11 +26,15 @@ export function drawSubgraph(canvas, result, nTokens, nLayers) {
     return [pos, layer];
   };
   const taken = new Map();
-  const points = result.groups.map((g) => {
+  const means = result.groups.map((g) => {
     const spots = g.members.map(where);
-    const pos = spots.reduce((a, s) => a + s[0], 0) / spots.length;
-    const layer = spots.reduce((a, s) => a + s[1], 0) / spots.length;
-    let x = 30 + ((pos + 0.5) / nTokens) * (W - 60);
+    return [spots.reduce((a, s) => a + s[0], 0) / spots.length, spots.reduce((a, s) => a + s[1], 0) / spots.length];
+  });
+  // only the positions in use get a column, left to right, with room for the names
+  const columns = [...new Set(means.map((m) => Math.round(m[0])))].sort((a, b) => a - b);
+  const points = means.map(([pos, layer]) => {
+    const c = columns.indexOf(Math.round(pos));
+    let x = 14 + ((c + 0.5) / columns.length) * (W - 120);
     let y = H - 20 - ((layer + 1.5) / (nLayers + 2)) * (H - 40);
     const cell = `${Math.round(x / 20)},${Math.round(y / 14)}`;
     const k = taken.get(cell) || 0;
