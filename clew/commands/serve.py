@@ -94,12 +94,15 @@ def store_finder(features: str | None = None):
 
 def explorer_for(folder: str, args: argparse.Namespace | None = None):
     from clew.explorer import Explorer
+    from clew.explorer.server import LOCAL_HOSTS
 
     get = (lambda name: getattr(args, name, None)) if args is not None else (lambda name: None)
+    host = get("host")
     return Explorer(
         folder,
         load_model=model_loader(get("model"), get("dictionary"), get("device")),
         find_store=store_finder(get("features")),
+        hosts=LOCAL_HOSTS + ((host,) if host and host not in LOCAL_HOSTS else ()),
     )
 
 
