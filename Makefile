@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.clew-installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,7 +24,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix clew tests bench
 	$(VENV)/bin/ruff format clew tests bench
 
-test: $(STAMP) lint
+# the explorer's browser tests drive Debian's Chromium (Playwright's own download does not work here)
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  elif sudo -n true 2>/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+	  else echo "no /usr/bin/chromium and no root: the browser tests will be skipped (apt-get install chromium)"; fi; }
+
+test: $(STAMP) lint chromium
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -49,7 +49,8 @@ def jaccard_match(a: list[list[int]], b: list[list[int]]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dictionary", default="clt")
+    parser.add_argument("--dictionary", default="clt", help="clt, plt, or a dictionary folder")
+    parser.add_argument("--store", help="its feature store (default: the shipped one of clt/plt)")
     parser.add_argument("--states", type=int, default=12)
     parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args()
@@ -61,8 +62,15 @@ def main() -> None:
     from clew.commands.demo import shipped_store
     from clew.resolve import load_model_and_dictionary
 
-    model, tc = load_model_and_dictionary(ORGANISM.name, str(ORGANISM.dictionary_path(args.dictionary)))
-    store = shipped_store(args.dictionary, tc)
+    shipped = args.dictionary in ("clt", "plt")
+    path = str(ORGANISM.dictionary_path(args.dictionary)) if shipped else args.dictionary
+    model, tc = load_model_and_dictionary(ORGANISM.name, path)
+    if args.store:
+        from clew.features import FeatureStore, fingerprint
+
+        store = FeatureStore.open(args.store, fingerprint=fingerprint(tc))
+    else:
+        store = shipped_store(args.dictionary, tc) if shipped else None
     lines = [
         "| city | state | two-hop | supernode at the city | names the state | p(capital) clean | "
         "out: p(capital) | control: p(capital) | below control | swap with | top after swap | swap worked |",

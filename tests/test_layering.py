@@ -48,6 +48,7 @@ LEVELS = {
     "circuits": 7,
     # the user's entry points
     "resolve": 8,
+    "explorer": 8,
     "commands": 9,
     "cli": 10,
 }

@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", default="demo-graphs", help="output folder (default: %(default)s)")
     p.add_argument("--dictionary", choices=["clt", "plt"], default="clt", help="which organism dictionary")
     p.add_argument("--max-feature-nodes", type=int, default=None, help="feature budget (default: all)")
-    p.add_argument("--open", action="store_true", help="open the pictures in a browser when done")
+    p.add_argument(
+        "--open",
+        action="store_true",
+        help="when done, serve the graphs in the explorer (clew serve) and open it in a browser",
+    )
     p.set_defaults(func=run)
 
 
@@ -61,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
     model, tc = load_model_and_dictionary(ORGANISM.name, str(ORGANISM.dictionary_path(args.dictionary)))
     store = shipped_store(args.dictionary, tc)
     out = Path(args.out)
-    pictures = []
     options = {"max_feature_nodes": args.max_feature_nodes}
     for task, prompt in demo_prompts():
         contrast = CONTRAST if task == "two_hop" else None
@@ -69,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
         graph, analysis = found.graph, found.analysis
         full, kept = analysis.scores, analysis.pruned_scores
         slug = slug_from(prompt)
-        paths = write(found, out, slug)
-        pictures.append(paths[1])
+        write(found, out, slug)
         if store is not None:
             write_graph_features(store, graph, analysis.pruned.node_mask, out)
         export_json(
@@ -100,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("names: the tokens each feature promotes (this organism ships no feature store)")
     if args.open:
-        import webbrowser
+        from clew.commands.serve import explorer_for, serve_folder
 
-        for picture in pictures:
-            webbrowser.open(picture.resolve().as_uri())
+        first = f"{slug_from(DALLAS)}.safetensors"
+        serve_folder(str(out), explorer_for(str(out)), "127.0.0.1", 0, True, graph=first)
     return 0

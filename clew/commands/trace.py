@@ -95,6 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--open",
+        action="store_true",
+        help="then serve the output folder in the explorer (clew serve) and open the graph in a browser",
+    )
     p.set_defaults(func=run)
 
 
@@ -224,6 +229,12 @@ def run(args: argparse.Namespace) -> int:
             f"largest edge error {check.max_edge_error:.1e} (relative to the largest edge)"
         )
     print(f"wrote {out / (slug + '.safetensors')}, {json_path}, {out / 'graph-metadata.json'}")
+    if args.open:
+        from clew.commands.serve import explorer_for, serve_folder
+
+        serve_folder(
+            str(out), explorer_for(str(out), args), "127.0.0.1", 0, True, graph=f"{slug}.safetensors"
+        )
     return 0
 
 
