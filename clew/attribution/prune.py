@@ -103,6 +103,14 @@ def mass_threshold(score_chunks, total: float, fraction: float, hi: float, bins:
     return float(inside[min(k, len(inside) - 1)]) if len(inside) else 0.0
 
 
+def nodes_kept(kinds: Tensor, inf: Tensor, node_threshold: float) -> Tensor:
+    """(n_nodes,) bool: the nodes that node pruning keeps: every node ranked by influence (embeddings
+    too, as circuit-tracer ranks them), features and errors kept while the ranked nodes hold
+    ``node_threshold`` of it; embeddings and logits always."""
+    prunable = (kinds == 0) | (kinds == 1)
+    return ~prunable | (inf >= cumulative_threshold(inf, node_threshold))
+
+
 @dataclass
 class Pruned:
     node_mask: Tensor
@@ -126,8 +134,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     order = torch.argsort(inf, descending=True)
     cumulative = torch.zeros(graph.n_nodes)
     cumulative[order] = inf[order].cumsum(0) / inf.sum().clamp_min(1e-30)
-    threshold = cumulative_threshold(inf, node_threshold)
-    node_mask = ~prunable | (inf >= threshold)
+    node_mask = nodes_kept(kinds, inf, node_threshold)
 
     rows, row_nodes = graph.adjacency, graph.row_nodes()
     sums = row_sums(rows)

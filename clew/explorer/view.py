@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from clew.attribution import Graph, prune, scores
-from clew.attribution.prune import cumulative_threshold, graph_influence, mass_threshold, row_sums
+from clew.attribution.prune import graph_influence, mass_threshold, nodes_kept, row_sums
 from clew.errors import ClewError
 
 KINDS = ("feature", "error", "embedding", "logit")
@@ -149,8 +149,7 @@ def prune_edges(graph: Graph, prep: Prepared, node_threshold: float, edge_thresh
         prep.influence = graph_influence(graph)
     inf, kinds = prep.influence, prep.kinds
     prunable = (kinds == 0) | (kinds == 1)
-    threshold = cumulative_threshold(inf[prunable], node_threshold)
-    node_mask = ~prunable | (inf >= threshold)
+    node_mask = nodes_kept(kinds, inf, node_threshold)
     rows, cols, norm = _all_edges(graph, prep)
     row_nodes = graph.row_nodes()
     row_weight = inf[row_nodes] + torch.cat([torch.zeros(graph.n_features), graph.logit_probs.float()])
