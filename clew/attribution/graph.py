@@ -119,16 +119,14 @@ class Graph:
         return self.n_layers, self.n_pos - 1
 
     def describe(self, node: int) -> str:
-        """A short human label of a node."""
+        """A short human label of a node: its :meth:`node_key`, with the text of a token or logit."""
         kind = self.kind(node)
-        layer, pos = self.layer_pos(node)
-        if kind == "feature":
-            return f"L{layer}/F{int(self.features[node, 2])}@{pos}"
-        if kind == "error":
-            return f"error L{layer}@{pos}"
         if kind == "embedding":
+            pos = node - self.embed_offset
             return f"token {self.token_strings[pos]!r}@{pos}"
-        return f"logit {self.logit_labels[node - self.logit_offset]!r}"
+        if kind == "logit":
+            return f"logit {self.logit_labels[node - self.logit_offset]!r}"
+        return self.node_key(node)
 
     def node_key(self, node: int) -> str:
         """A node's stable name, in the syntax ``clew intervene`` reads: ``L1/F12@6``, ``error L1@6``,

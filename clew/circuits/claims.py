@@ -34,9 +34,9 @@ import torch
 from clew.circuits.groups import contrast_sides
 from clew.circuits.summary import Circuit
 from clew.dictionaries import Transcoder
-from clew.intervene.check import through_graph
+from clew.intervene.check import through_graph, zeroing
 from clew.intervene.run import intervene, run_free
-from clew.intervene.spec import Edit, Interventions, Node
+from clew.intervene.spec import Interventions
 from clew.intervene.swap import align, matched_controls, put_edits, zero_edits
 from clew.models import Transformer
 from clew.replacement import LocalReplacement
@@ -122,22 +122,6 @@ class Claims:
         return "\n".join(lines)
 
 
-def _edits(graph, members: list[int]) -> Interventions:
-    return Interventions(
-        [
-            Edit(
-                Node(
-                    "feature",
-                    int(graph.features[n, 0]),
-                    (int(graph.features[n, 1]),),
-                    int(graph.features[n, 2]),
-                )
-            )
-            for n in members
-        ]
-    )
-
-
 def _rows(graph, members: list[int]) -> list[tuple[int, int, int, float, float]]:
     return [(*(int(v) for v in graph.features[n]), float(graph.activations[n]), 0.0) for n in members]
 
@@ -163,7 +147,7 @@ def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: i
         members = torch.tensor(box.members)
         predicted = float(through_graph(graph, members)[0])
         direct = -float(graph.adjacency[graph.n_features, members].float().sum())
-        edits = _edits(graph, box.members)
+        edits = zeroing(graph, box.members)
         c = intervene(model, tc, tokens, edits, mode="constrained", local=local)
         constrained = (
             float((c.normed - c.clean_normed) @ direction) if direction is not None else float("nan")

@@ -92,6 +92,23 @@ class CheckReport:
         return "\n".join(lines)
 
 
+def zeroing(graph: Graph, nodes: list[int]) -> Interventions:
+    """The interventions that zero the graph's feature nodes ``nodes`` at their positions."""
+    return Interventions(
+        [
+            Edit(
+                Node(
+                    "feature",
+                    int(graph.features[n, 0]),
+                    (int(graph.features[n, 1]),),
+                    int(graph.features[n, 2]),
+                )
+            )
+            for n in nodes
+        ]
+    )
+
+
 def through_graph(graph: Graph, group: Tensor) -> Tensor:
     """(T,) the change of each logit target when the features ``group`` (graph node numbers) are zeroed,
     carried through the graph's edges with every other feature moving by its pre-activation's change."""
@@ -131,19 +148,7 @@ def check_claims(
         group = torch.tensor(nodes, dtype=torch.long)
         direct = -graph.adjacency[graph.n_features :, group].float().sum(1)
         predicted = through_graph(graph, group)
-        edits = Interventions(
-            [
-                Edit(
-                    Node(
-                        "feature",
-                        int(graph.features[n, 0]),
-                        (int(graph.features[n, 1]),),
-                        int(graph.features[n, 2]),
-                    )
-                )
-                for n in nodes
-            ]
-        )
+        edits = zeroing(graph, nodes)
         constrained = intervene(model, tc, tokens, edits, mode="constrained", local=local)
         measured_c = (constrained.normed - constrained.clean_normed) @ directions.T
         measured = {}
