@@ -4,6 +4,7 @@
     python bench/vs_circuit_tracer.py --scale         # clew alone on 64 / 256 / 1024-token prompts
     python bench/vs_circuit_tracer.py --budgets 256   # a subset of the rows
     python bench/vs_circuit_tracer.py --ct-batch-size 256   # circuit-tracer at its fastest setting
+    python bench/vs_circuit_tracer.py --load 2 --budgets all   # quiet, then beside 2 busy processes
 
 circuit-tracer runs in its own virtual environment (bench/.ctvenv, created on first use with
 circuit-tracer==0.5.0, nnsight==0.6.3 and torch==2.13.0) through its nnsight backend. Both tools read
@@ -124,6 +125,9 @@ def peak_mb() -> float:
 
 
 def clew_worker(a: argparse.Namespace) -> None:
+    from clew.cli import sleep_when_busy
+
+    passive = sleep_when_busy()  # what the clew command does before torch is imported
     import torch
 
     torch.set_num_threads(a.threads)
@@ -140,7 +144,12 @@ def clew_worker(a: argparse.Namespace) -> None:
     graph.save(a.out)
     print(
         json.dumps(
-            {"seconds": seconds, "peak_mb": peak_mb(), "n_active": graph.settings["n_active_features"]}
+            {
+                "seconds": seconds,
+                "peak_mb": peak_mb(),
+                "n_active": graph.settings["n_active_features"],
+                "passive": passive,
+            }
         )
     )
 
@@ -266,6 +275,13 @@ def main() -> None:
         "--scale", action="store_true", help="clew alone: 64, 256, 1024 tokens, budget 4096 (or --budget)"
     )
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
+    p.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="also run every row beside this many processes busy multiplying matrices (one thread each), "
+        "and report each tool's slowdown",
+    )
     a = p.parse_args()
     if a.worker == "clew":
         return clew_worker(a)
@@ -294,16 +310,47 @@ def main() -> None:
     print(
         f"{'budget':>7} {'active':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew MB':>8} {'ct MB':>8} {'mem ratio':>9} {'max |dA|':>10} {'max |A|':>9}"
     )
+    quiet = {}
     for b in a.budgets:
         budget = None if b == "all" else int(b)
         ours = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"clew-{b}.safetensors")
         theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{b}.pt")
+        quiet[b] = (ours["seconds"], theirs["seconds"])
         diff, scale = compare(WORK / f"clew-{b}.safetensors", WORK / f"ct-{b}.pt")
         print(
             f"{b:>7} {ours['n_active']:>7} {ours['seconds']:>8.2f} {theirs['seconds']:>8.2f} "
             f"{theirs['seconds'] / ours['seconds']:>8.1f}x {ours['peak_mb']:>8.0f} {theirs['peak_mb']:>8.0f} "
             f"{theirs['peak_mb'] / ours['peak_mb']:>8.2f}x {diff:>10.2e} {scale:>9.2e}"
         )
+    if a.load:
+        loaded(a, ct_python, ids, quiet)
+
+
+BUSY = "import torch\ntorch.set_num_threads(1)\nx = torch.randn(512, 512)\nwhile True:\n    x = torch.tanh(x @ x)\n"
+
+
+def loaded(a: argparse.Namespace, ct_python: str, ids: list[int], quiet: dict) -> None:
+    """Every row again beside ``a.load`` busy processes: both tools' times and slowdowns."""
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(a.load)]
+    try:
+        time.sleep(3)
+        print(f"\nbeside {a.load} busy processes (load average {os.getloadavg()[0]:.1f} when it starts)")
+        print(
+            f"{'budget':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew slowdown':>14} {'ct slowdown':>12}"
+        )
+        for b in a.budgets:
+            budget = None if b == "all" else int(b)
+            ours = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"clew-{b}-loaded.safetensors")
+            theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{b}-loaded.pt")
+            q_ours, q_theirs = quiet[b]
+            print(
+                f"{b:>7} {ours['seconds']:>8.2f} {theirs['seconds']:>8.2f} {theirs['seconds'] / ours['seconds']:>8.1f}x "
+                f"{ours['seconds'] / q_ours:>13.1f}x {theirs['seconds'] / q_theirs:>11.1f}x"
+                + ("  (clew's idle threads slept)" if ours.get("passive") else "")
+            )
+    finally:
+        for p in busy:
+            p.kill()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,40 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
+def sleep_when_busy() -> bool:
+    """On a machine already busy (as many other tasks ready to run right now as this process has CPUs,
+    less half a core; the load average would count this tool's own work of the last minute),
+    let OpenMP's idle threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``): a spinning
+    thread takes the core its partner needs, and on a loaded 2-core machine a full graph then took 5x
+    its quiet time instead of 2.3x (``bench/vs_circuit_tracer.py --load 2``). Quiet machines keep the
+    default, which is faster there. Must run before torch is imported; a user's own setting wins.
+    Returns whether it set the policy."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ or "torch" in sys.modules:
+        return False
+    load = _runnable_now()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load < cpus - 0.5:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
+def _runnable_now() -> float:
+    """Other tasks ready to run at this moment (``/proc/loadavg``'s fourth field, less this process),
+    the median of five looks 10 ms apart (0 where there is no ``/proc``)."""
+    import time
+
+    looks = []
+    for _ in range(5):
+        try:
+            with open("/proc/loadavg") as f:
+                looks.append(int(f.read().split()[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        time.sleep(0.01)
+    return float(sorted(looks)[2])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="clew",
@@ -84,6 +118,7 @@ def _terminate_as_exit():
 
 
 def main(argv: list[str] | None = None) -> int:
+    sleep_when_busy()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("CLEW_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
