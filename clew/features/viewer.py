@@ -179,12 +179,13 @@ def render_card(store: FeatureStore, layer: int, feature: int, n_examples: int =
 
 
 def parse_key(text: str) -> tuple[int, int]:
-    """``"L/F"`` (or ``"L F"``, ``"L:F"``) -> (layer, feature), or a one-line error."""
+    """``"L/F"`` (or ``"L F"``, ``"L:F"``, or the graphs' own ``"L1/F12"``) -> (layer, feature), or a
+    one-line error."""
     for sep in ("/", ":", " ", "_"):
         if sep in text.strip():
             a, _, b = text.strip().partition(sep)
             try:
-                return int(a.strip().lstrip("Ll")), int(b.strip())
+                return int(a.strip().lstrip("Ll")), int(b.strip().lstrip("Ff"))
             except ValueError:
                 break
-    raise ClewError(f"{text!r}: name a feature as LAYER/FEATURE, for example 3/117")
+    raise ClewError(f"{text!r}: name a feature as LAYER/FEATURE, for example 3/117 or L3/F117")
