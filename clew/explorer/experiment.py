@@ -138,7 +138,9 @@ def run_swap(
         )
     for g, name in ((graph, "this graph"), (other, other_name)):
         if bool((g.tokens < 0).any()):
-            raise ClewError(f"swap: {name} has no token ids (an imported graph without them): trace it with clew")
+            raise ClewError(
+                f"swap: {name} has no token ids (an imported graph without them): trace it with clew"
+            )
     pairs, span, span_other = align(graph.tokens.tolist(), other.tokens.tolist())
     if not span or not span_other:
         raise ClewError(
