@@ -1,5 +1,5 @@
 """A folder of graphs for the explorer's tests: the organism's Dallas graph (clew's file and its viewer
-JSON) and a small circuit-tracer-style JSON graph."""
+JSON) and a small circuit-tracer-style JSON graph; with ``contrast``, the Los Angeles graph too (for swaps)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 DALLAS = "The capital of the state containing Dallas is"
+LA = "The capital of the state containing Los Angeles is"
 
 
-def make_folder(root: Path) -> dict:
+def make_folder(root: Path, contrast: bool = False) -> dict:
     """Write the graphs into ``root``; returns the model, dictionary and graph for the checks."""
     from test_export import circuit_tracer_style
 
@@ -22,4 +23,8 @@ def make_folder(root: Path) -> dict:
     graph.save(root / "dallas.safetensors")
     export_json(graph, analyze(graph), root / "viewer", "dallas")
     (root / "ct.json").write_text(json.dumps(circuit_tracer_style()))
-    return {"model": model, "tc": tc, "graph": graph, "root": root}
+    made = {"model": model, "tc": tc, "graph": graph, "root": root}
+    if contrast:
+        made["la"] = trace(model, tc, LA, progress=False)
+        made["la"].save(root / "la.safetensors")
+    return made

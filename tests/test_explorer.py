@@ -4,6 +4,7 @@ refused with the file untouched, loopback only by default)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ import socket
 
 import pytest
 import torch
-from explorer_graphs import make_folder
+from explorer_graphs import LA, make_folder
 
 from clew.attribution import Graph, prune, scores
 from clew.errors import ClewError
@@ -138,6 +139,51 @@ def test_intervention_from_the_api(made):
     assert out["modes"]["free"]["before"][0]["token"] == " Austin"
     bad = _write(made, "/api/intervene", {"graph": "dallas.safetensors", "nodes": ["logit@0"], "op": "zero"})
     assert bad.status_code == 400 and "logit" in bad.json()["error"]
+
+
+def test_swap_from_the_api(made, tmp_path):
+    """Dallas's features at the city zeroed and Los Angeles's specific ones put in: ' Sacramento' rises,
+    above its matched random control; another model's graph, or a prompt that does not differ, is refused."""
+    from clew.attribution import trace
+    from clew.circuits.groups import contrast_sides
+
+    model, tc, dallas = made["model"], made["tc"], made["graph"]
+    la = trace(model, tc, LA, progress=False)
+    dallas.save(tmp_path / "dallas.safetensors")
+    la.save(tmp_path / "la.safetensors")
+    dataclasses.replace(la, model_name="gpt2").save(tmp_path / "other-model.safetensors")
+    dallas.save(tmp_path / "same-prompt.safetensors")
+    explorer = Explorer(tmp_path, load_model=lambda graph: (model, tc))
+    client = testclient.TestClient(build_app(explorer), base_url=BASE)
+    headers = {"X-Clew-Token": explorer.token, **ORIGIN}
+
+    city = dallas.token_strings.index(" Dallas")
+    sides = contrast_sides(dallas, la)
+    keys = [dallas.node_key(n) for n, side in sorted(sides.items()) if side == "specific"]
+    assert keys and all(key.endswith(f"@{city}") for key in keys)
+    body = {"graph": "dallas.safetensors", "nodes": keys, "op": "swap", "other": "la.safetensors"}
+    out = client.post("/api/intervene", json=body, headers=headers).json()
+    this, other = out["answers"]
+    assert (this["label"], other["label"]) == (" Austin", " Sacramento")
+    assert out["span"] == [[" Dallas"], [" Los", " Angeles"]]
+    assert out["n_out"] == len(keys) and 0 < out["n_in"] < la.n_features
+    assert other["after"] > other["before"] and other["after"] > other["control"]
+    assert this["after"] < this["before"]
+    assert out["modes"]["free"]["before"][0]["token"] == " Austin"
+    assert out["modes"]["free"]["after"][0]["token"] == " Sacramento"
+    assert out["control"]["after"][0]["token"] != " Sacramento"
+
+    for other_name, message in (
+        ("other-model.safetensors", "model"),
+        ("same-prompt.safetensors", "do not differ"),
+        ("dallas.safetensors", "this graph"),
+        ("nothing.safetensors", "nothing.safetensors"),
+    ):
+        bad = client.post("/api/intervene", json={**body, "other": other_name}, headers=headers)
+        assert bad.status_code == 400 and message in bad.json()["error"], bad.json()
+        assert "\n" not in bad.json()["error"]
+    error = client.post("/api/intervene", json={**body, "nodes": ["error L0@7"]}, headers=headers)
+    assert error.status_code == 400 and "not a feature" in error.json()["error"]
 
 
 def test_saving_state_round_trips_and_rewrites_atomically(made, tmp_path):

@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     from clew.commands.serve import store_finder
     from clew.explorer import Background, Explorer
 
-    made = make_folder(tmp_path_factory.mktemp("explorer-browser"))
+    made = make_folder(tmp_path_factory.mktemp("explorer-browser"), contrast=True)
     model, tc = made["model"], made["tc"]
     explorer = Explorer(made["root"], load_model=lambda graph: (model, tc), find_store=store_finder())
     server = Background(explorer)
@@ -154,6 +154,23 @@ def test_a_reader_session(setup, browser):
     )
     expected_top = model.tokenizer.decode([outcome.top(1)[0][0]])
     assert page.locator("#test-result").get_attribute("data-top") == expected_top
+
+    # swap the same supernode for the Los Angeles graph's specific features: the top token is clew's
+    from clew.explorer.experiment import run_swap
+
+    page.locator("#test-op").select_option("swap")
+    assert page.locator("#test-value").is_hidden()
+    others = page.locator("#test-other option").evaluate_all("(os) => os.map((o) => o.value)")
+    assert others == ["la.safetensors"]  # the folder's other clew graphs, not this one nor JSON
+    page.locator("#test-other").select_option("la.safetensors")
+    page.locator("#run-test").click()
+    page.wait_for_selector("#test-result[data-op='swap'][data-top]", timeout=60_000)
+    _shot(page, "5b-swap")
+    swap = run_swap(graph, pins[:2], setup["la"], "la.safetensors", lambda g: (model, tc))
+    assert (
+        page.locator("#test-result").get_attribute("data-top") == swap["modes"]["free"]["after"][0]["token"]
+    )
+    assert "Sacramento" in page.locator("#test-result").text_content()
 
     # save, reload from the file alone (no state in the URL), and find the state restored
     page.locator("#save").click()

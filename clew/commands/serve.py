@@ -16,7 +16,8 @@ examples:
 The page lists the folder's graphs (clew's .safetensors files, and viewer JSON written by clew,
 circuit-tracer or Neuronpedia). Click a node to see its inputs and outputs, double-click (or Pin) to pin
 it, tick pins and group them into supernodes, test them (zero or scale) and read the new top tokens
-beside the graph's prediction, and Save to write the view (pins, supernodes, labels, threshold) into
+beside the graph's prediction, or swap them for the specific features of another graph of the folder
+whose prompt differs in one span (Dallas -> Los Angeles), and Save to write the view (pins, supernodes, labels, threshold) into
 the graph file. The server listens on 127.0.0.1 unless --host says otherwise, reads nothing outside
 the folder, and accepts writes only from its own page (a per-server token and an Origin check).
 Everything the page needs ships with clew: it works with no network. See docs/explorer.md."""

@@ -1,5 +1,5 @@
 """Testing a subgraph from the page: zero or scale its nodes, measure the new top tokens, beside the graph's
-prediction.
+prediction; or swap them for another prompt's.
 
 Each logit target of the graph is a direction (the token's logit minus the mean logit). The graph
 predicts its change when feature nodes are scaled by ``f``: ``(1 - f)`` times the change of zeroing them
@@ -7,6 +7,13 @@ carried through the graph's own edges (:func:`~clew.intervene.check.through_grap
 embedding nodes, which have no inputs, only their direct edges to the logits. The change is measured
 in the constrained mode (the frozen local replacement model: exactly the direct edges) and in the
 free mode (the real model with the dictionary, every later feature re-encoded, errors frozen).
+
+A **swap** takes a second graph of the same template (``... containing Los Angeles is`` beside
+``... Dallas is``): the two prompts are aligned (:func:`~clew.intervene.swap.align`), the chosen features
+of this graph are zeroed, and the other graph's features specific to its differing span (active there
+and not, or at most half as much, at the aligned position here: :func:`~clew.circuits.groups.contrast_sides`)
+are put in at the aligned positions with their activations there, in the free mode (errors frozen).
+Beside it, the same swap done with matched random features (:func:`~clew.intervene.swap.matched_controls`).
 """
 
 from __future__ import annotations
@@ -17,11 +24,13 @@ from typing import Any
 import torch
 
 from clew.attribution import Graph
+from clew.circuits.groups import contrast_sides
 from clew.errors import ClewError
 from clew.intervene import Edit, Interventions, intervene, parse_node
 from clew.intervene.check import through_graph
+from clew.intervene.swap import align, matched_controls, put_edits, zero_edits
 
-OPS = ("zero", "scale")
+OPS = ("zero", "scale", "swap")
 
 
 def _token_text(model, token: int) -> str:
@@ -49,6 +58,8 @@ def run_experiment(
     before and after in both modes, and each logit target's predicted and measured change."""
     if op not in OPS:
         raise ClewError(f"intervention {op!r}: one of {', '.join(OPS)}")
+    if op == "swap":
+        raise ClewError("intervention 'swap': it needs the other graph (run_swap)")
     if op == "scale" and not (isinstance(value, (int, float)) and -100 <= value <= 100):
         raise ClewError(f"scale {value!r}: a number between -100 and 100")
     if not keys:
@@ -100,3 +111,82 @@ def run_experiment(
     if "free" not in measured:
         out["note"] = "error nodes can be changed in the constrained mode only"
     return out
+
+
+def _rows(graph: Graph, nodes: list[int]) -> list[tuple[int, int, int, float, float]]:
+    """(layer, position, index, activation, 0) of feature nodes, as :mod:`clew.intervene.swap` takes them."""
+    return [(*(int(v) for v in graph.features[n]), float(graph.activations[n]), 0.0) for n in nodes]
+
+
+def run_swap(
+    graph: Graph,
+    keys: list[str],
+    other: Graph,
+    other_name: str,
+    load: Callable[[Graph], tuple[Any, Any]],
+    k: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Zero the features ``keys`` of ``graph`` and put in ``other``'s specific features (module docstring):
+    the top ``k`` tokens before and after, p(this answer) and p(the other's) clean, swapped and in the
+    matched control."""
+    if not keys:
+        raise ClewError("swap: no nodes chosen (pin some, tick them, then run)")
+    if other.model_name != graph.model_name:
+        raise ClewError(
+            f"swap: {other_name} was traced on model {other.model_name!r}, this graph on {graph.model_name!r}"
+        )
+    for g, name in ((graph, "this graph"), (other, other_name)):
+        if bool((g.tokens < 0).any()):
+            raise ClewError(
+                f"swap: {name} has no token ids (an imported graph without them): trace it with clew"
+            )
+    pairs, span, span_other = align(graph.tokens.tolist(), other.tokens.tolist())
+    if not span or not span_other:
+        raise ClewError(
+            f"swap: {graph.prompt!r} and {other.prompt!r} ({other_name}) do not differ in one span of both"
+        )
+    index = graph.node_index()
+    out_nodes = []
+    for key in keys:
+        if key not in index:
+            raise ClewError(f"swap: {key!r} is not a node of this graph")
+        if index[key] >= graph.n_features:
+            raise ClewError(f"swap: {key!r} is not a feature; a swap exchanges features only")
+        out_nodes.append(index[key])
+    in_nodes = [n for n, side in sorted(contrast_sides(other, graph).items()) if side == "specific"]
+    rows_out, rows_in = _rows(graph, out_nodes), _rows(other, in_nodes)
+    to_this = {q: p for p, q in pairs.items()}
+
+    model, tc = load(graph)
+    tokens = graph.tokens
+    put = put_edits(rows_in, to_this)
+    swapped = intervene(model, tc, tokens, Interventions(zero_edits(rows_out) + put), errors="frozen")
+    gen = torch.Generator().manual_seed(seed)
+    ctrl_out, ctrl_in = matched_controls(graph, rows_out, gen), matched_controls(other, rows_in, gen)
+    ctrl_put = put_edits(ctrl_in, to_this)
+    control = intervene(model, tc, tokens, Interventions(zero_edits(ctrl_out) + ctrl_put), errors="frozen")
+    before, after, after_control = swapped.probs(clean=True), swapped.probs(), control.probs()
+
+    def answer(g: Graph) -> dict[str, Any]:
+        t = int(g.logit_tokens[0])
+        return {
+            "label": g.logit_labels[0],
+            "before": round(float(before[t]), 4),
+            "after": round(float(after[t]), 4),
+            "control": round(float(after_control[t]), 4),
+        }
+
+    return {
+        "nodes": keys,
+        "op": "swap",
+        "other": other_name,
+        "other_prompt": other.prompt,
+        "span": [[graph.token_strings[p] for p in span], [other.token_strings[p] for p in span_other]],
+        "n_out": len(rows_out),
+        "n_in": len(put),
+        "control_n": [len(ctrl_out), len(ctrl_put)],
+        "modes": {"free": {"before": _top(model, before, k), "after": _top(model, after, k)}},
+        "control": {"after": _top(model, after_control, k)},
+        "answers": [answer(graph), answer(other)],
+    }

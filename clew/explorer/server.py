@@ -12,6 +12,7 @@ Writing or computing (POST, JSON body with ``graph``):
 
 - ``/api/subgraph`` (``pins``, ``supernodes``): the subgraph's scores and its edges between groups;
 - ``/api/intervene`` (``nodes``, ``op``, ``value``): an intervention's new top tokens, predicted and measured;
+  with ``op: "swap"`` and ``other`` (another graph of the folder), the swap's (``experiment.run_swap``);
 - ``/api/state`` (``state``): the annotations saved into the graph file.
 
 Safety: every request must name this machine in its ``Host`` (no DNS rebinding); every POST must carry
@@ -45,7 +46,7 @@ from starlette.staticfiles import StaticFiles
 
 from clew.attribution import Graph
 from clew.errors import ClewError
-from clew.explorer.experiment import run_experiment
+from clew.explorer.experiment import run_experiment, run_swap
 from clew.explorer.features import Stores, feature_card
 from clew.explorer.library import Library
 from clew.explorer.state import check_state
@@ -194,12 +195,18 @@ class Explorer:
         checked = check_state({"pins": pins, "supernodes": supernodes}, set(prep.index))
         return subgraph(graph, prep, checked["pins"], checked["supernodes"])
 
-    def intervene(self, name: str, nodes: Any, op: Any, value: Any) -> dict:
+    def intervene(self, name: str, nodes: Any, op: Any, value: Any, other: Any = None) -> dict:
         if self.load_model is None:
             raise ClewError("this server has no model to run: start it with clew serve")
         graph = self.library.load(name)
         if not isinstance(nodes, list) or not all(isinstance(k, str) for k in nodes) or len(nodes) > 1000:
             raise ClewError("intervention: 'nodes' is not a list of node keys")
+        if op == "swap":
+            if not isinstance(other, str) or not other.endswith(".safetensors"):
+                raise ClewError("swap: 'other' is not one of the folder's .safetensors graphs")
+            if other == name:
+                raise ClewError("swap: 'other' is this graph; choose another prompt's graph")
+            return run_swap(graph, nodes, self.library.load(other), other, self.load_model)
         return run_experiment(graph, nodes, op, value, self.load_model)
 
     def save(self, name: str, state: Any) -> dict:
@@ -275,7 +282,7 @@ def build_app(explorer: Explorer) -> Starlette:
     async def post_intervene(request: Request) -> Response:
         explorer.guard(request, write=True)
         b = await _body(request)
-        args = (b.get("graph"), b.get("nodes"), b.get("op", "zero"), b.get("value", 0.0))
+        args = (b.get("graph"), b.get("nodes"), b.get("op", "zero"), b.get("value", 0.0), b.get("other"))
         return _json(await run_in_threadpool(explorer.intervene, *args))
 
     async def post_state(request: Request) -> Response:

@@ -26,6 +26,7 @@ const state = {
 };
 let view = null;
 let subgraphResult = null;
+let graphList = [];
 const timings = {};
 window.clew = {
   state,
@@ -121,6 +122,7 @@ async function fetchView(ready = null) {
     `${c.kept_nodes} of ${c.all_nodes} nodes, ${c.edges} of ${c.all_edges} edges` +
     (c.edges < c.kept_edges ? ` (strongest ${c.edges} of ${c.kept_edges} kept)` : "");
   $("prompt").textContent = view.prompt;
+  fillOthers();
   $("save").disabled = !view.writable;
   $("run-test").disabled = !view.can_intervene;
   $("run-test").title = view.can_intervene ? "" : "no model for this graph (start the server with clew serve)";
@@ -435,16 +437,80 @@ async function refreshSubgraph() {
 
 // ---- interventions -------------------------------------------------------------------------------------
 
+// the graphs a swap can take its features from: the folder's other clew graphs
+function fillOthers() {
+  const select = $("test-other");
+  const kept = select.value;
+  select.replaceChildren();
+  for (const g of graphList) {
+    if (g.kind !== "safetensors" || g.name === state.graph) continue;
+    const o = el("option", g.name);
+    o.value = g.name;
+    select.append(o);
+  }
+  if ([...select.options].some((o) => o.value === kept)) select.value = kept;
+}
+
+function showOpControls() {
+  const op = $("test-op").value;
+  $("test-value").hidden = op !== "scale";
+  $("test-other").hidden = op !== "swap";
+}
+
+function showSwap(out, r, nodes) {
+  const fmt = (list) => list.map((t) => `${JSON.stringify(t.token)} ${t.p.toFixed(3)}`).join(", ");
+  out.append(
+    el("div", `swapped with ${r.other} (${JSON.stringify(r.span[0].join(""))} → ${JSON.stringify(r.span[1].join(""))}): ` +
+      `${r.n_out} features out (${nodes.join(", ")}), ${r.n_in} specific features of the other prompt in`, "muted"),
+  );
+  const box = el("div", undefined, "mode");
+  box.dataset.mode = "free";
+  box.dataset.top = r.modes.free.after[0].token;
+  box.append(
+    el("h3", "free"),
+    el("div", `before: ${fmt(r.modes.free.before)}`, "mono"),
+    el("div", `after: ${fmt(r.modes.free.after)}`, "mono"),
+    el("div", `control: ${fmt(r.control.after)}`, "mono"),
+  );
+  out.append(box);
+  const table = el("table");
+  const head = el("tr");
+  for (const h of ["answer", "before", "swapped", "control"]) head.append(el("th", h));
+  table.append(head);
+  for (const a of r.answers) {
+    const row = el("tr");
+    row.append(el("td", JSON.stringify(a.label)));
+    for (const v of [a.before, a.after, a.control]) row.append(el("td", v.toFixed(3)));
+    table.append(row);
+  }
+  out.append(
+    el("h3", "p(this answer), p(the other's)"),
+    table,
+    el("div", `control: ${r.control_n[0]} matched random features out, ${r.control_n[1]} in`, "muted"),
+  );
+  out.dataset.top = r.modes.free.after[0].token;
+}
+
 async function runTest() {
   const nodes = tickedMembers();
   const out = $("test-result");
   out.replaceChildren();
+  delete out.dataset.top;
   if (!nodes.length) return setStatus("tick pinned nodes or supernodes to test", true);
   const op = $("test-op").value;
-  setStatus("running the intervention…");
+  out.dataset.op = op;
+  if (op === "swap" && !$("test-other").value) return setStatus("a swap needs another graph of the folder", true);
+  setStatus(op === "swap" ? "running the swap…" : "running the intervention…");
   $("run-test").disabled = true;
   try {
-    const r = await post("/api/intervene", { graph: state.graph, nodes, op, value: Number($("test-value").value) });
+    const body = { graph: state.graph, nodes, op, value: Number($("test-value").value) };
+    if (op === "swap") body.other = $("test-other").value;
+    const r = await post("/api/intervene", body);
+    if (op === "swap") {
+      showSwap(out, r, nodes);
+      setStatus("");
+      return;
+    }
     out.append(el("div", `${op === "zero" ? "zeroed" : `scaled ×${r.value}`}: ${nodes.join(", ")}`, "muted"));
     for (const [mode, m] of Object.entries(r.modes)) {
       const fmt = (list) => list.map((t) => `${JSON.stringify(t.token)} ${t.p.toFixed(3)}`).join(", ");
@@ -524,9 +590,12 @@ $("graph-select").addEventListener("change", (e) => {
 $("save").addEventListener("click", save);
 $("group").addEventListener("click", group);
 $("run-test").addEventListener("click", runTest);
+$("test-op").addEventListener("change", showOpControls);
+showOpControls();
 
 async function start() {
   const { graphs } = await get("/api/graphs");
+  graphList = graphs;
   const select = $("graph-select");
   for (const g of graphs) {
     const o = el("option", g.name);
