@@ -37,7 +37,7 @@ from clew.dictionaries import Transcoder
 from clew.intervene.check import through_graph, zeroing
 from clew.intervene.run import intervene, run_free
 from clew.intervene.spec import Interventions
-from clew.intervene.swap import align, matched_controls, put_edits, zero_edits
+from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, zero_edits
 from clew.models import Transformer
 from clew.replacement import LocalReplacement
 
@@ -122,10 +122,6 @@ class Claims:
         return "\n".join(lines)
 
 
-def _rows(graph, members: list[int]) -> list[tuple[int, int, int, float, float]]:
-    return [(*(int(v) for v in graph.features[n]), float(graph.activations[n]), 0.0) for n in members]
-
-
 def _centred(logits: torch.Tensor, token: int) -> float:
     return float(logits[token] - logits.mean())
 
@@ -155,7 +151,7 @@ def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: i
         f = intervene(model, tc, tokens, edits, errors="frozen")
         replay = run_free(model, tc, tokens[None], edits, frozen=local.cache.frozen()).logits[0, -1].float()
         frozen_patterns = _centred(replay, token) - _centred(local.logits[-1].float(), token)
-        control_rows = matched_controls(graph, _rows(graph, box.members), gen)
+        control_rows = matched_controls(graph, feature_rows(graph, box.members), gen)
         k = intervene(model, tc, tokens, Interventions(zero_edits(control_rows)), errors="frozen")
         free = _centred(f.logits.float(), token) - _centred(f.clean_logits.float(), token)
         ctrl = _centred(k.logits.float(), token) - _centred(k.clean_logits.float(), token)
@@ -197,7 +193,7 @@ def measure_swap(
     pairs, _, _ = align(a.tokens.tolist(), b.tokens.tolist())
     to_a = {pb: pa for pa, pb in pairs.items()}
     out_nodes, in_nodes = specific_nodes(circuit, contrast), specific_nodes(contrast, circuit)
-    rows_a, rows_b = _rows(a, out_nodes), _rows(b, in_nodes)
+    rows_a, rows_b = feature_rows(a, out_nodes), feature_rows(b, in_nodes)
     tokens = a.tokens.to(model.embed.weight.device)
     swap = intervene(
         model, tc, tokens, Interventions(zero_edits(rows_a) + put_edits(rows_b, to_a)), errors="frozen"

@@ -28,7 +28,7 @@ from clew.circuits.groups import contrast_sides
 from clew.errors import ClewError
 from clew.intervene import Edit, Interventions, intervene, parse_node
 from clew.intervene.check import through_graph
-from clew.intervene.swap import align, matched_controls, put_edits, zero_edits
+from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, zero_edits
 
 OPS = ("zero", "scale", "swap")
 
@@ -113,11 +113,6 @@ def run_experiment(
     return out
 
 
-def _rows(graph: Graph, nodes: list[int]) -> list[tuple[int, int, int, float, float]]:
-    """(layer, position, index, activation, 0) of feature nodes, as :mod:`clew.intervene.swap` takes them."""
-    return [(*(int(v) for v in graph.features[n]), float(graph.activations[n]), 0.0) for n in nodes]
-
-
 def run_swap(
     graph: Graph,
     keys: list[str],
@@ -155,7 +150,7 @@ def run_swap(
             raise ClewError(f"swap: {key!r} is not a feature; a swap exchanges features only")
         out_nodes.append(index[key])
     in_nodes = [n for n, side in sorted(contrast_sides(other, graph).items()) if side == "specific"]
-    rows_out, rows_in = _rows(graph, out_nodes), _rows(other, in_nodes)
+    rows_out, rows_in = feature_rows(graph, out_nodes), feature_rows(other, in_nodes)
     to_this = {q: p for p, q in pairs.items()}
 
     model, tc = load(graph)

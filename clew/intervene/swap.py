@@ -130,6 +130,12 @@ def matched_controls(
     return out
 
 
+def feature_rows(graph: Graph, nodes: list[int]) -> list[tuple[int, int, int, float, float]]:
+    """The graph's feature nodes ``nodes`` as the rows the swap helpers take: (layer, position, index,
+    activation, 0.0)."""
+    return [(*(int(v) for v in graph.features[n]), float(graph.activations[n]), 0.0) for n in nodes]
+
+
 def zero_edits(rows) -> list[Edit]:
     return [Edit(Node("feature", l, (p,), i)) for l, p, i, *_ in rows]
 
