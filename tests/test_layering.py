@@ -25,7 +25,7 @@ LEVELS = {
     "allocator": 1,
     "files": 1,
     "assets": 1,
-    "render": 1,
+    "render": 2,
     # the model core
     "models": 2,
     # dictionaries, which read and write at the model's hook points

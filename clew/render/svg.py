@@ -187,9 +187,12 @@ class Canvas:
         )
 
     def save(self, path: str | Path) -> Path:
+        """Write the SVG whole or not at all (:func:`clew.files.write_atomic`)."""
+        from clew.files import write_atomic
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.svg(), encoding="utf-8")
+        write_atomic(path, self.svg())
         return path
 
 
