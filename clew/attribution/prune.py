@@ -103,6 +103,13 @@ def mass_threshold(score_chunks, total: float, fraction: float, hi: float, bins:
     return float(inside[min(k, len(inside) - 1)]) if len(inside) else 0.0
 
 
+def target_weights(graph: Graph, inf: Tensor) -> Tensor:
+    """(R,) the weight of each adjacency row's target in an edge's score: its influence plus its logit
+    probability. An edge scores ``|A[t, s]| / sum_s' |A[t, s']|`` times this: the share of the output's
+    influence that runs along it (each row's scores sum to its target's weight)."""
+    return inf[graph.row_nodes()] + torch.cat([torch.zeros(graph.n_features), graph.logit_probs.float()])
+
+
 def nodes_kept(kinds: Tensor, inf: Tensor, node_threshold: float) -> Tensor:
     """(n_nodes,) bool: the nodes that node pruning keeps: every node ranked by influence (embeddings
     too, as circuit-tracer ranks them), features and errors kept while the ranked nodes hold
@@ -138,7 +145,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
 
     rows, row_nodes = graph.adjacency, graph.row_nodes()
     sums = row_sums(rows)
-    row_weight = inf[row_nodes] + torch.cat([torch.zeros(graph.n_features), graph.logit_probs.float()])
+    row_weight = target_weights(graph, inf)
 
     def chunks():
         for i in range(0, len(rows), CHUNK):
@@ -203,7 +210,7 @@ def scores(graph: Graph, keep: Tensor | None = None) -> Scores:
         )
         / sums
     )
-    weight = inf[row_nodes] + start
+    weight = target_weights(graph, inf)
     if keep is not None:
         weight = weight * keep[row_nodes]
     completeness = float(((1 - err_frac) * weight).sum() / weight.sum().clamp_min(1e-30))

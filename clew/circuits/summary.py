@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from clew.attribution import Analysis, Graph
-from clew.attribution.prune import row_sums
+from clew.attribution.prune import row_sums, target_weights
 from clew.circuits.groups import Supernode
 
 KINDS = ("supernode", "feature", "error", "token", "logit")
@@ -165,14 +165,6 @@ class Circuit:
         }
 
 
-def edge_scores(graph: Graph, analysis: Analysis) -> Tensor:
-    """(R, n_nodes) each edge's score: normalised weight times its target's influence plus logit weight."""
-    rows = graph.adjacency.float()
-    inf = analysis.pruned.influence
-    weight = inf[graph.row_nodes()] + torch.cat([torch.zeros(graph.n_features), graph.logit_probs.float()])
-    return rows.abs() / row_sums(graph.adjacency)[:, None] * weight[:, None]
-
-
 def summarize(
     graph: Graph,
     analysis: Analysis,
@@ -226,11 +218,8 @@ def summarize(
                 )
             )
     for pos in range(graph.n_pos):
-        errs = [
-            n
-            for n in range(graph.error_offset, graph.embed_offset)
-            if bool(keep[n]) and graph.layer_pos(n)[1] == pos
-        ]
+        at_pos = graph.error_offset + pos + graph.n_pos * torch.arange(graph.n_layers)  # layer-major
+        errs = [int(n) for n in at_pos if bool(keep[n])]
         share = float(inf[errs].sum()) / total_inf if errs else 0.0
         if errs and share >= single_share:
             mean, span = layer_span(errs)
@@ -265,26 +254,24 @@ def summarize(
                 )
             )
 
-    # box membership of every node, then summed weights and flows over node edges
+    # box membership of every node, then summed weights and flows over the node edges between boxes
     B = len(boxes)
     box_of = torch.full((graph.n_nodes,), -1, dtype=torch.long)
     for i, b in enumerate(boxes):
         box_of[b.members] = i
     rows_box = box_of[graph.row_nodes()]
-    score = edge_scores(graph, analysis)
-    total_score = float(score.sum()) or 1.0
-    weight = torch.zeros(B, B)
-    flow = torch.zeros(B, B)
-    rows = graph.adjacency.float()
+    rows = torch.nonzero(rows_box >= 0).squeeze(1)
     cols = torch.nonzero(box_of >= 0).squeeze(1)
-    src = box_of[cols]
-    for r in torch.nonzero(rows_box >= 0).squeeze(1).tolist():
-        t = int(rows_box[r])
-        weight[t].index_add_(0, src, rows[r, cols])
-        flow[t].index_add_(0, src, score[r, cols])
+    block = graph.adjacency[rows][:, cols].float()  # (rows in boxes, columns in boxes)
+    into_box = torch.nn.functional.one_hot(box_of[cols], B).float()  # (columns, B)
+    sums = row_sums(graph.adjacency)
+    tw = target_weights(graph, inf)
+    per_edge = tw[rows, None] / sums[rows, None]  # an edge's score is |A| times this (prune's edge score)
+    weight = torch.zeros(B, B).index_add_(0, rows_box[rows], block @ into_box)
+    flow = torch.zeros(B, B).index_add_(0, rows_box[rows], (block.abs() * per_edge) @ into_box)
     weight.fill_diagonal_(0)
     flow.fill_diagonal_(0)
-    flow = flow / total_score
+    flow = flow / (float(tw[sums > 1e-30].sum()) or 1.0)  # every row's scores sum to its target weight
 
     kept = _keep_edges(flow, edge_share)
     kept, alive = _on_paths(kept, [b.kind for b in boxes])

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from clew.attribution import Graph, prune, scores
-from clew.attribution.prune import graph_influence, mass_threshold, nodes_kept, row_sums
+from clew.attribution.prune import graph_influence, mass_threshold, nodes_kept, row_sums, target_weights
 from clew.errors import ClewError
 
 KINDS = ("feature", "error", "embedding", "logit")
@@ -152,7 +152,7 @@ def prune_edges(graph: Graph, prep: Prepared, node_threshold: float, edge_thresh
     node_mask = nodes_kept(kinds, inf, node_threshold)
     rows, cols, norm = _all_edges(graph, prep)
     row_nodes = graph.row_nodes()
-    row_weight = inf[row_nodes] + torch.cat([torch.zeros(graph.n_features), graph.logit_probs.float()])
+    row_weight = target_weights(graph, inf)
     score = norm * row_weight[rows] * node_mask[row_nodes[rows]] * node_mask[cols]
     bounds = torch.searchsorted(rows, torch.arange(0, len(row_nodes) + CHUNK, CHUNK)).tolist()
 
