@@ -145,7 +145,7 @@ def test_swap_from_the_api(made, tmp_path):
     """Dallas's features at the city zeroed and Los Angeles's specific ones put in: ' Sacramento' rises,
     above its matched random control; another model's graph, or a prompt that does not differ, is refused."""
     from clew.attribution import trace
-    from clew.circuits.groups import contrast_sides
+    from clew.intervene.swap import specific
 
     model, tc, dallas = made["model"], made["tc"], made["graph"]
     la = trace(model, tc, LA, progress=False)
@@ -158,8 +158,7 @@ def test_swap_from_the_api(made, tmp_path):
     headers = {"X-Clew-Token": explorer.token, **ORIGIN}
 
     city = dallas.token_strings.index(" Dallas")
-    sides = contrast_sides(dallas, la)
-    keys = [dallas.node_key(n) for n, side in sorted(sides.items()) if side == "specific"]
+    keys = [dallas.node_key(n) for n in specific(dallas, la)]
     assert keys and all(key.endswith(f"@{city}") for key in keys)
     body = {"graph": "dallas.safetensors", "nodes": keys, "op": "swap", "other": "la.safetensors"}
     out = client.post("/api/intervene", json=body, headers=headers).json()

@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from clew.circuits.groups import contrast_sides
 from clew.circuits.summary import Circuit
 from clew.dictionaries import Transcoder
 from clew.intervene.check import through_graph, zeroing
 from clew.intervene.run import intervene, run_free
 from clew.intervene.spec import Interventions
-from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, zero_edits
+from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, specific, zero_edits
 from clew.models import Transformer
 from clew.replacement import LocalReplacement
 
@@ -176,14 +175,6 @@ def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: i
     return out
 
 
-def specific_nodes(circuit: Circuit, contrast: Circuit) -> list[int]:
-    """Every active feature of ``circuit``'s graph at the span where the two prompts differ that the
-    contrast lacks: its specific supernodes, and the specific features pruning left out, which carry
-    the same information more weakly (a swap of the pruned ones alone often leaves the old answer)."""
-    sides = contrast_sides(circuit.graph, contrast.graph)
-    return [n for n, side in sorted(sides.items()) if side == "specific"]
-
-
 @torch.no_grad()
 def measure_swap(
     model: Transformer, tc: Transcoder, circuit: Circuit, contrast: Circuit, seed: int = 0
@@ -192,7 +183,9 @@ def measure_swap(
     a, b = circuit.graph, contrast.graph
     pairs, _, _ = align(a.tokens.tolist(), b.tokens.tolist())
     to_a = {pb: pa for pa, pb in pairs.items()}
-    out_nodes, in_nodes = specific_nodes(circuit, contrast), specific_nodes(contrast, circuit)
+    # every active feature at the span that the other prompt lacks: the specific supernodes and the
+    # specific features pruning left out, which carry the same information more weakly
+    out_nodes, in_nodes = specific(a, b), specific(b, a)
     rows_a, rows_b = feature_rows(a, out_nodes), feature_rows(b, in_nodes)
     tokens = a.tokens.to(model.embed.weight.device)
     swap = intervene(

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from clew.attribution import Analysis, Graph
 from clew.errors import ClewError
+from clew.intervene.swap import contrast_sides
 
 
 @dataclass
@@ -174,25 +175,6 @@ def profiles(graph: Graph, among: Tensor, nodes: list[int]) -> Tensor:
     index = torch.cumsum((kinds == 0).long(), 0) - 1
     out = prof[index[cols]]
     return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def contrast_sides(graph: Graph, other: Graph) -> dict[int, str]:
-    """Feature node -> ``specific`` or ``shared`` at the positions where the two prompts differ
-    (aligned as :func:`clew.intervene.swap.align` aligns them); other positions are absent."""
-    from clew.intervene.swap import align
-
-    pairs, span, _ = align(graph.tokens.tolist(), other.tokens.tolist())
-    there = {
-        (int(l), int(p), int(i)): float(a) for (l, p, i), a in zip(other.features.tolist(), other.activations)
-    }
-    sides = {}
-    for n, (l, p, i) in enumerate(graph.features.tolist()):
-        if p in span:
-            q = pairs.get(p)
-            a = float(graph.activations[n])
-            active = q is not None and there.get((l, q, i), 0.0) > 0.5 * a
-            sides[n] = "shared" if active else "specific"
-    return sides
 
 
 def group_features(

@@ -11,7 +11,7 @@ free mode (the real model with the dictionary, every later feature re-encoded, e
 A **swap** takes a second graph of the same template (``... containing Los Angeles is`` beside
 ``... Dallas is``): the two prompts are aligned (:func:`~clew.intervene.swap.align`), the chosen features
 of this graph are zeroed, and the other graph's features specific to its differing span (active there
-and not, or at most half as much, at the aligned position here: :func:`~clew.circuits.groups.contrast_sides`)
+and not, or at most half as much, at the aligned position here: :func:`~clew.intervene.swap.contrast_sides`)
 are put in at the aligned positions with their activations there, in the free mode (errors frozen).
 Beside it, the same swap done with matched random features (:func:`~clew.intervene.swap.matched_controls`).
 """
@@ -24,11 +24,10 @@ from typing import Any
 import torch
 
 from clew.attribution import Graph
-from clew.circuits.groups import contrast_sides
 from clew.errors import ClewError
 from clew.intervene import Edit, Interventions, intervene, parse_node
 from clew.intervene.check import through_graph
-from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, zero_edits
+from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, specific, zero_edits
 
 OPS = ("zero", "scale", "swap")
 
@@ -149,7 +148,7 @@ def run_swap(
         if index[key] >= graph.n_features:
             raise ClewError(f"swap: {key!r} is not a feature; a swap exchanges features only")
         out_nodes.append(index[key])
-    in_nodes = [n for n, side in sorted(contrast_sides(other, graph).items()) if side == "specific"]
+    in_nodes = specific(other, graph)
     rows_out, rows_in = feature_rows(graph, out_nodes), feature_rows(other, in_nodes)
     to_this = {q: p for p, q in pairs.items()}
 

@@ -82,29 +82,43 @@ def carriers(
         raise ClewError(f"{prompt_a!r} and {prompt_b!r} do not differ in a span of both")
     graph_a = trace(model, tc, prompt_a, targets=[first_token(model, answer_a)], progress=False)
     graph_b = trace(model, tc, prompt_b, targets=[first_token(model, answer_b)], progress=False)
-    back = {pb: pa for pa, pb in pairs.items()}
     found = []
-    for graph, span, other, to_other, prompt, answer in (
-        (graph_a, span_a, graph_b, pairs, prompt_a, answer_a),
-        (graph_b, span_b, graph_a, back, prompt_b, answer_b),
+    for graph, other, prompt, answer in (
+        (graph_a, graph_b, prompt_a, answer_a),
+        (graph_b, graph_a, prompt_b, answer_b),
     ):
         influence = graph_influence(graph)
-        there = {
-            (int(l), int(p), int(i)): float(a)
-            for (l, p, i), a in zip(other.features.tolist(), other.activations)
-        }
-        rows = []
-        for n, (l, p, i) in enumerate(graph.features.tolist()):
-            if p not in span or influence[n] <= 0:
-                continue
-            a = float(graph.activations[n])
-            q = to_other.get(p)
-            if q is not None and there.get((l, q, i), 0.0) > 0.5 * a:
-                continue  # as active in the other prompt: not specific to this one
-            rows.append((l, p, i, a, float(influence[n])))
+        rows = [
+            (*(int(v) for v in graph.features[n]), float(graph.activations[n]), float(influence[n]))
+            for n in specific(graph, other)
+            if influence[n] > 0
+        ]
         rows.sort(key=lambda r: -r[4])
         found.append(Carrier(prompt, answer, graph, rows))
     return found[0], found[1], pairs
+
+
+def contrast_sides(graph: Graph, other: Graph) -> dict[int, str]:
+    """Feature node -> ``specific`` or ``shared`` at the positions where the two graphs' prompts differ
+    (aligned by :func:`align`); other positions are absent. A feature is *shared* when ``other`` has it
+    at the aligned position with more than half its activation here, where it would say nothing
+    specific to this prompt."""
+    pairs, span, _ = align(graph.tokens.tolist(), other.tokens.tolist())
+    there = {
+        (int(l), int(p), int(i)): float(a) for (l, p, i), a in zip(other.features.tolist(), other.activations)
+    }
+    sides = {}
+    for n, (l, p, i) in enumerate(graph.features.tolist()):
+        if p in span:
+            q = pairs.get(p)
+            active = q is not None and there.get((l, q, i), 0.0) > 0.5 * float(graph.activations[n])
+            sides[n] = "shared" if active else "specific"
+    return sides
+
+
+def specific(graph: Graph, other: Graph) -> list[int]:
+    """The feature nodes of ``graph`` that :func:`contrast_sides` calls specific, in node order."""
+    return [n for n, side in sorted(contrast_sides(graph, other).items()) if side == "specific"]
 
 
 def matched_controls(
