@@ -22,6 +22,7 @@ Names are deterministic. They are guesses to read, not claims; the claims are te
 from __future__ import annotations
 
 import math
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 
@@ -52,15 +53,26 @@ def _is_word(text: str) -> bool:
 
 class Background:
     """How often each token appears in the example windows of a store (one count per window), from
-    the top examples of every feature: the baseline a topic word must stand out from."""
+    the top examples of every feature: the baseline a topic word must stand out from. Reading it
+    takes a pass over the whole store, so :meth:`of` keeps one per open store."""
+
+    _kept: weakref.WeakKeyDictionary[FeatureStore, Background] = weakref.WeakKeyDictionary()
 
     def __init__(self, store: FeatureStore):
+        self.texts = store.vocab()
         self.counts: Counter[int] = Counter()
         self.windows = 0
         for record in store.features():
             for e in record.of_kind("top"):
                 self.counts.update(set(e.tokens))
                 self.windows += 1
+
+    @classmethod
+    def of(cls, store: FeatureStore) -> Background:
+        """The store's background, read once per open store (its examples do not change once collected)."""
+        if store not in cls._kept:
+            cls._kept[store] = cls(store)
+        return cls._kept[store]
 
     def rate(self, token: int) -> float:
         return (self.counts[token] + 1) / (self.windows + 2)
@@ -78,7 +90,7 @@ def fires_on_and_topic(
     graph: Graph, members: Iterable[int], influence: torch.Tensor, store: FeatureStore, background: Background
 ) -> tuple[str, str]:
     """The pooled peak tokens (``a/b/c``) and the topic word (or ``""``) of a group of feature nodes."""
-    texts = store.vocab()
+    texts = background.texts
     peaks: dict[int, float] = {}
     windows: Counter[int] = Counter()
     n_windows = 0.0
@@ -143,7 +155,7 @@ def name_of(
     fires, topic = "", ""
     if store is not None:
         fires, topic = fires_on_and_topic(
-            graph, group.members, influence, store, background or Background(store)
+            graph, group.members, influence, store, background or Background.of(store)
         )
     elif labels:
         parts: dict[str, float] = {}
@@ -168,7 +180,7 @@ def name_supernodes(
     store: FeatureStore | None = None,
 ) -> list[Supernode]:
     """Name every group in place (and return them)."""
-    background = Background(store) if store is not None else None
+    background = Background.of(store) if store is not None else None
     for group in groups:
         if group.source == "auto" or not group.name:
             group.name = name_of(graph, analysis, group, labels, store, background)
