@@ -26,7 +26,7 @@ from clew.dictionaries import Transcoder
 from clew.errors import ClewError
 from clew.intervene.spec import Interventions, Node
 from clew.models import Frozen, Transformer
-from clew.replacement import LocalReplacement, ReplacementModel, frozen_forward
+from clew.replacement import CleanRun, LocalReplacement, ReplacementModel, frozen_forward
 
 MODES = ("constrained", "free")
 ERRORS = ("frozen", "live")
@@ -184,8 +184,8 @@ def _free(
     for e in interventions.edits:
         if e.node.kind == "error":
             raise ClewError(f"{e.node.label()}: error nodes can be edited in the constrained mode only")
-    result = run_free(model, tc, tokens[None], interventions, errors)
-    clean = ReplacementModel(model, tc).clean_run(tokens[None])  # its logits and its activations
+    clean = ReplacementModel(model, tc).clean_run(tokens[None])  # its logits, activations and errors
+    result = run_free(model, tc, tokens[None], interventions, errors, clean=clean)
     watched = []
     if watch:
         clean_acts = clean.features
@@ -205,9 +205,11 @@ def run_free(
     interventions: Interventions,
     errors: str = "frozen",
     frozen: Frozen | None = None,
+    clean: CleanRun | None = None,
 ):
     """The free run of ``tokens`` (B, P) with ``interventions``: a :class:`~clew.replacement.InterventionResult`.
-    ``frozen`` replays attention patterns and norm scales (of a clean run of the same tokens)."""
+    ``frozen`` replays attention patterns and norm scales (of a clean run of the same tokens); ``clean``
+    is that clean run's :class:`~clew.replacement.CleanRun` when the caller has it (else it is made here)."""
     feature_edits = [e for e in interventions.edits if e.node.kind == "feature"]
     embedding_edits = [e for e in interventions.edits if e.node.kind == "embedding"]
 
@@ -236,6 +238,7 @@ def run_free(
         frozen=frozen,
         edit_acts=edit_acts if feature_edits else None,
         edit=edit,
+        clean=clean,
     )
 
 

@@ -200,6 +200,7 @@ class ReplacementModel:
         frozen: Frozen | None = None,
         edit_acts: ActivationEdit | None = None,
         edit: ResidualEdit | None = None,
+        clean: CleanRun | None = None,
     ) -> InterventionResult:
         """Run with some feature activations set to new values (in every sequence of the batch).
 
@@ -208,9 +209,10 @@ class ReplacementModel:
         so the errors move with the inputs) plus, at each layer, the change the overrides make to the
         transcoder's reconstruction there. ``edit_acts`` changes any layer's activations after the
         ``interventions``; ``edit`` changes the residual stream entering each block (steering).
-        ``frozen`` is passed on to ``model.run``.
+        ``frozen`` is passed on to ``model.run``. ``clean``: :meth:`clean_run` of these tokens, when the
+        caller has it already.
         """
-        clean = self.clean_run(tokens)
+        clean = clean if clean is not None else self.clean_run(tokens)
         overrides = self._overrides(interventions, tokens.shape[-1])
         true_mlp = None
         if not freeze_errors:
