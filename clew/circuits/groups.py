@@ -141,15 +141,13 @@ def total_effects(graph: Graph, nodes: Tensor) -> Tensor:
 
 
 def profile_nodes(graph: Graph, analysis: Analysis, fraction: float = PROFILE_FRACTION) -> Tensor:
-    """The nodes profiles are computed over: those holding ``fraction`` of the influence (at least the
-    analysis' own), so that a feature's profile does not change with the prune threshold."""
-    from clew.attribution.prune import cumulative_threshold
+    """The nodes profiles are computed over: those node pruning keeps at ``fraction`` of the influence
+    (at least the analysis' own threshold), so that a feature's profile does not change with the
+    prune threshold."""
+    from clew.attribution.prune import nodes_kept
 
-    inf = analysis.pruned.influence
-    kinds = graph.kinds()
-    prunable = (kinds == 0) | (kinds == 1)
-    tau = cumulative_threshold(inf[prunable], max(fraction, analysis.node_threshold))
-    return torch.nonzero(~prunable | (inf >= tau) | analysis.pruned.node_mask).squeeze(1)
+    keep = nodes_kept(graph.kinds(), analysis.pruned.influence, max(fraction, analysis.node_threshold))
+    return torch.nonzero(keep | analysis.pruned.node_mask).squeeze(1)
 
 
 def profiles(graph: Graph, among: Tensor, nodes: list[int]) -> Tensor:
