@@ -38,7 +38,7 @@ from clew.intervene.run import intervene, run_free
 from clew.intervene.spec import Interventions
 from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, specific, zero_edits
 from clew.models import Transformer
-from clew.replacement import LocalReplacement
+from clew.replacement import LocalReplacement, ReplacementModel
 
 MARGIN = 0.05
 """Nats by which a box's free effect on the top target must exceed its control's not to be flagged."""
@@ -135,6 +135,14 @@ def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: i
     target = graph.logit_labels[0]
     direction = graph.logit_vectors[0].float() if graph.logit_vectors is not None else None
     gen = torch.Generator().manual_seed(seed)
+    # one clean run serves every free run below (their frozen errors, and the logits before)
+    clean = ReplacementModel(model, tc).clean_run(tokens[None])
+    before = clean.logits[0, -1].float()
+    frozen = local.cache.frozen()
+
+    def free_logits(edits: Interventions, replay=None) -> torch.Tensor:
+        return run_free(model, tc, tokens[None], edits, frozen=replay, clean=clean).logits[0, -1].float()
+
     out = Claims()
     for box in circuit.boxes:
         if box.kind not in ("supernode", "feature"):
@@ -147,13 +155,14 @@ def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: i
         constrained = (
             float((c.normed - c.clean_normed) @ direction) if direction is not None else float("nan")
         )
-        f = intervene(model, tc, tokens, edits, errors="frozen")
-        replay = run_free(model, tc, tokens[None], edits, frozen=local.cache.frozen()).logits[0, -1].float()
-        frozen_patterns = _centred(replay, token) - _centred(local.logits[-1].float(), token)
+        after = free_logits(edits)
+        frozen_patterns = _centred(free_logits(edits, frozen), token) - _centred(
+            local.logits[-1].float(), token
+        )
         control_rows = matched_controls(graph, feature_rows(graph, box.members), gen)
-        k = intervene(model, tc, tokens, Interventions(zero_edits(control_rows)), errors="frozen")
-        free = _centred(f.logits.float(), token) - _centred(f.clean_logits.float(), token)
-        ctrl = _centred(k.logits.float(), token) - _centred(k.clean_logits.float(), token)
+        control = free_logits(Interventions(zero_edits(control_rows)))
+        free = _centred(after, token) - _centred(before, token)
+        ctrl = _centred(control, token) - _centred(before, token)
         out.claims.append(
             Claim(
                 box=box.key,
@@ -166,9 +175,9 @@ def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: i
                 frozen_patterns=frozen_patterns,
                 free=free,
                 control=ctrl,
-                p_before=float(f.probs(clean=True)[token]),
-                p_after=float(f.probs()[token]),
-                p_control=float(k.probs()[token]),
+                p_before=float(torch.softmax(before, -1)[token]),
+                p_after=float(torch.softmax(after, -1)[token]),
+                p_control=float(torch.softmax(control, -1)[token]),
                 flagged=abs(free) <= abs(ctrl) + MARGIN,
             )
         )
