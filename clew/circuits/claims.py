@@ -33,7 +33,7 @@ import torch
 
 from clew.circuits.summary import Circuit
 from clew.dictionaries import Transcoder
-from clew.intervene.check import through_graph, zeroing
+from clew.intervene.check import direction_change, through_graph, zeroing
 from clew.intervene.run import intervene, run_free
 from clew.intervene.spec import Interventions
 from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, specific, zero_edits
@@ -121,10 +121,6 @@ class Claims:
         return "\n".join(lines)
 
 
-def _centred(logits: torch.Tensor, token: int) -> float:
-    return float(logits[token] - logits.mean())
-
-
 @torch.no_grad()
 def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: int = 0) -> Claims:
     """Take out every supernode and single feature of ``circuit`` (module docstring)."""
@@ -156,13 +152,13 @@ def measure_claims(model: Transformer, tc: Transcoder, circuit: Circuit, seed: i
             float((c.normed - c.clean_normed) @ direction) if direction is not None else float("nan")
         )
         after = free_logits(edits)
-        frozen_patterns = _centred(free_logits(edits, frozen), token) - _centred(
-            local.logits[-1].float(), token
+        frozen_patterns = float(
+            direction_change(free_logits(edits, frozen) - local.logits[-1].float(), token)
         )
         control_rows = matched_controls(graph, feature_rows(graph, box.members), gen)
         control = free_logits(Interventions(zero_edits(control_rows)))
-        free = _centred(after, token) - _centred(before, token)
-        ctrl = _centred(control, token) - _centred(before, token)
+        free = float(direction_change(after - before, token))
+        ctrl = float(direction_change(control - before, token))
         out.claims.append(
             Claim(
                 box=box.key,

@@ -26,7 +26,7 @@ import torch
 from clew.attribution import Graph
 from clew.errors import ClewError
 from clew.intervene import Edit, Interventions, intervene, parse_node
-from clew.intervene.check import through_graph
+from clew.intervene.check import direction_change, through_graph
 from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, specific, zero_edits
 
 OPS = ("zero", "scale", "swap")
@@ -98,7 +98,7 @@ def run_experiment(
             "before": _top(model, before, k),
             "after": _top(model, after, k),
         }
-        measured[mode] = [float(change[t] - change.mean()) if t >= 0 else None for t in targets]
+        measured[mode] = [float(direction_change(change, t)) if t >= 0 else None for t in targets]
     out["targets"] = [
         {
             "label": graph.logit_labels[j],

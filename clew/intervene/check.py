@@ -160,9 +160,7 @@ def check_claims(
                 out = intervene(model, tc, tokens, edits, errors=errors)
                 change = out.logits.float() - out.clean_logits.float()
             # the change of each target direction: (W_U row - mean W_U) . final normed = logit - mean logit
-            measured[errors] = torch.stack(
-                [_direction_change(change, t) for t in graph.logit_tokens.tolist()]
-            )
+            measured[errors] = torch.stack([direction_change(change, t) for t in graph.logit_tokens.tolist()])
         for j, label in enumerate(graph.logit_labels):
             report.rows.append(
                 CheckRow(
@@ -179,7 +177,7 @@ def check_claims(
     return report
 
 
-def _direction_change(change: Tensor, token: int) -> Tensor:
+def direction_change(change: Tensor, token: int) -> Tensor:
     """The change of a target read at the final norm's output, from the change of the logits: for a
     token's direction it is the token's logit minus the mean logit (soft-capping aside)."""
     if token >= 0:
