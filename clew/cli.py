@@ -50,18 +50,18 @@ def sleep_when_busy() -> bool:
 
 def _runnable_now() -> float:
     """Other tasks ready to run at this moment (``/proc/loadavg``'s fourth field, less this process),
-    the median of five looks 10 ms apart (0 where there is no ``/proc``)."""
+    the median of three looks 5 ms apart (0 where there is no ``/proc``)."""
     import time
 
     looks = []
-    for _ in range(5):
+    for _ in range(3):
         try:
             with open("/proc/loadavg") as f:
                 looks.append(int(f.read().split()[3].split("/")[0]) - 1)
         except (OSError, ValueError, IndexError):
             return 0.0
-        time.sleep(0.01)
-    return float(sorted(looks)[2])
+        time.sleep(0.005)
+    return float(sorted(looks)[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
