@@ -336,7 +336,7 @@ def test_a_run_killed_inside_a_block_resumes_from_its_last_whole_block(
     )  # the module (the package exports a function of that name)
     model, tc = organism
     out = tmp_path / "mid.sqlite"
-    real, calls = collect_mod.update, {"n": 0}
+    real, calls = collect_mod.fold, {"n": 0}
 
     def dying(*args, **kwargs):
         calls["n"] += 1
@@ -344,10 +344,10 @@ def test_a_run_killed_inside_a_block_resumes_from_its_last_whole_block(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(collect_mod, "update", dying)
+    monkeypatch.setattr(collect_mod, "fold", dying)
     with pytest.raises(KeyboardInterrupt):
         collect(model, tc, OrganismCorpus(), out, CollectConfig(**SETTINGS, checkpoint_seconds=0))
-    monkeypatch.setattr(collect_mod, "update", real)
+    monkeypatch.setattr(collect_mod, "fold", real)
     result = collect(model, tc, OrganismCorpus(), out, CollectConfig(**SETTINGS))
     assert result.resumed
     assert _tables(out) == _tables(store_path)

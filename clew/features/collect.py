@@ -284,26 +284,32 @@ class _Reader:
         return self.model.mlp_branch(layer, mlp_in, self.write)
 
 
-@torch.inference_mode()
-def feature_activations(model: Transformer, tc: Transcoder, tokens: Tensor) -> dict[int, Tensor]:
-    """layer -> ``[B, P, F]`` activations of every feature on ``tokens`` ``[B, P]`` (encoders only)."""
+def _inputs(model: Transformer, tc: Transcoder, tokens: Tensor) -> dict[int, Tensor]:
+    """layer -> ``[B, P, d]``: what the dictionary reads at each of its layers, on ``tokens`` ``[B, P]``."""
     reader = _Reader(model, tc)
     try:
         model.run(tokens, mlp=reader)
     except _Stop:
         pass
-    return {layer: _encode(tc, layer, reader.inputs[layer]).float() for layer in tc.layers}
+    return reader.inputs
+
+
+@torch.inference_mode()
+def feature_activations(model: Transformer, tc: Transcoder, tokens: Tensor) -> dict[int, Tensor]:
+    """layer -> ``[B, P, F]`` activations of every feature on ``tokens`` ``[B, P]`` (encoders only)."""
+    inputs = _inputs(model, tc, tokens)
+    return {layer: _encode(tc, layer, inputs[layer]).float() for layer in tc.layers}
 
 
 def _encode(tc: Transcoder, layer: int, x: Tensor) -> Tensor:
-    """``tc.encode(layer, x)``, with JumpReLU and ReLU applied in place on the pre-activations (one pass
-    over ``[B, P, F]`` instead of three); the same values."""
+    """``tc.encode(layer, x)``, with the threshold (JumpReLU, BatchTopK at inference) or ReLU applied in
+    place on the pre-activations (no second ``[B, P, F]`` tensor); the same values."""
     pre = tc.pre_activations(layer, x)
     kind = tc.cfg.activation
     if kind == "relu":
         return pre.relu_()
-    if kind == "jumprelu" and tc.threshold is not None:
-        return torch.where(pre > tc.threshold[tc.slot(layer)], pre, 0.0)
+    if kind in ("jumprelu", "batchtopk") and tc.threshold is not None:
+        return pre.masked_fill_(pre <= tc.threshold[tc.slot(layer)], 0.0)
     return tc.activate(layer, pre)
 
 
@@ -337,7 +343,7 @@ def _windows(
 def _merge(
     s: LayerState,
     prefix: str,
-    best: Tensor,
+    rows: Tensor,
     fields: dict[str, Tensor],
     valid: Tensor,
     b: Tensor,
@@ -347,39 +353,70 @@ def _merge(
     lengths: Tensor,
     cfg: CollectConfig,
 ) -> None:
-    """Keep, per feature, the entries ``best`` ``[F, K]`` of the state's K followed by this batch's k
-    candidates: the scalar ``fields`` (name -> batch values ``[F, k]``) and the windows, which are
-    gathered only for the batch candidates that made it in (``valid`` ``[F, k]``: a real candidate at
-    row ``b``, position ``p``; the others have empty windows)."""
-    K = best.shape[1]
+    """For the features ``rows`` (the others have no candidate that could enter), keep the best K of
+    the state's K entries followed by this batch's k candidates: the largest ``val`` for the top
+    examples, the smallest ``pri`` for the random ones. ``fields``: name -> batch values ``[F, k]``;
+    the windows are gathered only for the candidates that made it in (``valid`` ``[F, k]``: a real
+    candidate at row ``b``, position ``p``; the others have empty windows)."""
+    key = "val" if prefix == "top" else "pri"
+    K = getattr(s, f"{prefix}_{key}").shape[1]
+    state_key = getattr(s, f"{prefix}_{key}")[rows]
+    best = torch.cat([state_key, fields[key][rows]], 1).topk(K, dim=1, largest=prefix == "top").indices
     for name, new in fields.items():
-        setattr(s, f"{prefix}_{name}", torch.cat([getattr(s, f"{prefix}_{name}"), new], 1).gather(1, best))
+        full = getattr(s, f"{prefix}_{name}")
+        full[rows] = torch.cat([full[rows], new[rows]], 1).gather(1, best)
     old = best.clamp(max=K - 1)[:, :, None].expand(-1, -1, cfg.width)
-    tok = getattr(s, f"{prefix}_tok").gather(1, old)
-    act = getattr(s, f"{prefix}_act").gather(1, old)
+    tok = getattr(s, f"{prefix}_tok")[rows].gather(1, old)
+    act = getattr(s, f"{prefix}_act")[rows].gather(1, old)
     fi, ji = (best >= K).nonzero(as_tuple=True)
     if fi.numel():
         j = best[fi, ji] - K
-        real = valid[fi, j]
+        feat = rows[fi]
+        real = valid[feat, j]
         tok[fi, ji], act[fi, ji] = -1, 0.0
-        fi, ji, j = fi[real], ji[real], j[real]
+        fi, ji, j, feat = fi[real], ji[real], j[real], feat[real]
         if fi.numel():
             tok[fi, ji], act[fi, ji] = _windows(
-                acts, tokens, lengths, b[fi, j], p[fi, j], fi, cfg.before, cfg.after
+                acts, tokens, lengths, b[feat, j], p[feat, j], feat, cfg.before, cfg.after
             )
-    setattr(s, f"{prefix}_tok", tok)
-    setattr(s, f"{prefix}_act", act)
+    getattr(s, f"{prefix}_tok")[rows] = tok
+    getattr(s, f"{prefix}_act")[rows] = act
+
+
+@dataclass
+class Found:
+    """What one batch holds for one layer's features, computed from the batch alone (so the workers
+    can find it while the state is busy with the batch before): statistics to add, and the candidates
+    for the top and random examples, ``[F, k]`` and ``[F, R]``, to merge with the state in order."""
+
+    counts: Tensor
+    """``[F]`` non-zero activations."""
+    total: Tensor
+    """``[F]`` their sum (float64)."""
+    act_max: Tensor
+    act_min: Tensor
+    hist: Tensor
+    """``[F, bins]`` histogram counts."""
+    top_val: Tensor
+    """``[F, k]`` each feature's k best context peaks in the batch (0 where fewer fire)."""
+    top_row: Tensor
+    top_pos: Tensor
+    rnd_pri: Tensor
+    """``[F, R]`` the smallest sampling priorities among the feature's non-zero entries (``_M``: none)."""
+    rnd_row: Tensor
+    rnd_pos: Tensor
+    rnd_val: Tensor
 
 
 @torch.inference_mode()
-def update(
-    state: LayerState, acts: Tensor, batch: Batch, layer: int, cfg: CollectConfig, edges: Tensor
-) -> None:
-    """Fold one batch's activations ``[B, P, F]`` of one layer into ``state`` (``acts`` is zeroed in place
-    at BOS and padding). The work is on the non-zero entries, except one max over positions."""
+def find(acts: Tensor, batch: Batch, layer: int, cfg: CollectConfig, edges: Tensor, limit: Tensor) -> Found:
+    """One batch's :class:`Found` for one layer from its activations ``[B, P, F]`` (zeroed in place at
+    BOS and padding). ``limit`` ``[F]``: a priority no sampled entry can beat once merged (the state's
+    largest kept priority, or any earlier value of it: it only falls), which spares sorting the rest.
+    The work is on the non-zero entries, except one max over positions."""
     B, P, F = acts.shape
     dev = acts.device
-    tokens, lengths, ctx = batch.tokens.to(dev), batch.lengths.to(dev), batch.contexts.to(dev)
+    lengths, ctx = batch.lengths.to(dev), batch.contexts.to(dev)
     acts[:, 0] = 0.0  # BOS left out
     for b in (lengths < P).nonzero().flatten().tolist():
         acts[b, int(lengths[b]) :] = 0.0
@@ -388,17 +425,9 @@ def update(
     values = flat[where]
     f = where % F
     bp = where // F  # row * P + position
-    # statistics and histogram
-    state.n_active += torch.bincount(f, minlength=F)
-    state.total.index_add_(0, f, values.double())
-    state.act_max.scatter_reduce_(0, f, values, "amax")
-    state.act_min.scatter_reduce_(0, f, values, "amin")
     bins = torch.bucketize(values, edges).clamp(0, cfg.hist_bins - 1)
-    state.hist += torch.bincount(f * cfg.hist_bins + bins, minlength=F * cfg.hist_bins).view(F, cfg.hist_bins)
-    # top contexts: each context's peak per feature, the best K of this batch, merged with the state;
-    # windows are gathered only for candidates that beat the state's K-th best. The peak and its first
-    # position come from the non-zero entries (as acts.max(dim=1) would give them, without a pass over
-    # every position of every feature)
+    # top contexts: each context's peak per feature and its first position, from the non-zero entries
+    # (as acts.max(dim=1) would give them, without a pass over every position of every feature)
     key = (bp // P) * F + f  # (row, feature)
     peak = torch.zeros(B * F, device=dev).scatter_reduce_(0, key, values, "amax")
     at_peak = values == peak[key]
@@ -407,35 +436,67 @@ def update(
     peak, arg = peak.view(B, F), arg.view(B, F).masked_fill_(peak.view(B, F) <= 0, 0)
     k = min(cfg.n_top, B)
     cv, cb = peak.topk(k, dim=0)  # [k, F]
-    cv, cb = cv.T, cb.T  # [F, k]
-    cp = arg.gather(0, cb.T).T  # [F, k]
-    enter = (cv > 0) & (cv > state.top_val[:, -1:])
-    if enter.any():
-        cv = torch.where(enter, cv, -math.inf)
-        best = torch.cat([state.top_val, cv], 1).topk(cfg.n_top, dim=1).indices  # sorted, descending
-        fields = {"val": cv, "ctx": torch.where(enter, ctx[cb], -1), "pos": cp}
-        _merge(state, "top", best, fields, enter, cb, cp, acts, tokens, lengths, cfg)
-    # the random sample: per feature, the non-zero entries with the smallest priorities (only those
-    # below the state's largest kept priority can enter)
+    # the random sample: per feature, the non-zero entries with the smallest priorities
     R = cfg.n_random
     pri = _priorities(ctx[bp // P], bp % P, f, layer, cfg.seed)
-    open_ = pri < state.rnd_pri.amax(1)[f]
-    if not open_.any():
-        return
-    pri, f, bp, values = pri[open_], f[open_], bp[open_], values[open_]
-    order = torch.argsort(f * _M + pri)  # by feature, then priority
-    fs = f[order]
+    open_ = pri < limit[f]
+    pri, fo, bpo, vo = pri[open_], f[open_], bp[open_], values[open_]
+    order = torch.argsort(fo * _M + pri)  # by feature, then priority
+    fs = fo[order]
     first = torch.searchsorted(fs, torch.arange(F, device=dev))
     rank = torch.arange(len(fs), device=dev) - first[fs]
     keep = order[rank < R]
     slot = fs[rank < R] * R + rank[rank < R]
     rp = torch.full((F * R,), _M, dtype=torch.int64, device=dev).index_put_((slot,), pri[keep]).view(F, R)
-    ri = torch.zeros(F * R, dtype=torch.int64, device=dev).index_put_((slot,), bp[keep]).view(F, R)
-    rv = torch.zeros(F * R, device=dev).index_put_((slot,), values[keep]).view(F, R)
-    rb, rpos = ri // P, ri % P
-    best = torch.cat([state.rnd_pri, rp], 1).topk(R, dim=1, largest=False).indices
-    fields = {"pri": rp, "val": rv, "ctx": torch.where(rp < _M, ctx[rb], -1), "pos": rpos}
-    _merge(state, "rnd", best, fields, rp < _M, rb, rpos, acts, tokens, lengths, cfg)
+    ri = torch.zeros(F * R, dtype=torch.int64, device=dev).index_put_((slot,), bpo[keep]).view(F, R)
+    return Found(
+        counts=torch.bincount(f, minlength=F),
+        total=torch.zeros(F, dtype=torch.float64, device=dev).index_add_(0, f, values.double()),
+        act_max=torch.zeros(F, device=dev).scatter_reduce_(0, f, values, "amax"),
+        act_min=torch.full((F,), math.inf, device=dev).scatter_reduce_(0, f, values, "amin"),
+        hist=torch.bincount(f * cfg.hist_bins + bins, minlength=F * cfg.hist_bins).view(F, cfg.hist_bins),
+        top_val=cv.T,
+        top_row=cb.T,
+        top_pos=arg.gather(0, cb).T,
+        rnd_pri=rp,
+        rnd_row=ri // P,
+        rnd_pos=ri % P,
+        rnd_val=torch.zeros(F * R, device=dev).index_put_((slot,), vo[keep]).view(F, R),
+    )
+
+
+@torch.inference_mode()
+def fold(state: LayerState, found: Found, acts: Tensor, batch: Batch, cfg: CollectConfig) -> None:
+    """Merge one batch's :class:`Found` into ``state``, in corpus order; windows are gathered from
+    ``acts`` only for the candidates that make it in."""
+    dev = acts.device
+    tokens, lengths, ctx = batch.tokens.to(dev), batch.lengths.to(dev), batch.contexts.to(dev)
+    state.n_active += found.counts
+    state.total += found.total
+    state.act_max = torch.maximum(state.act_max, found.act_max)
+    state.act_min = torch.minimum(state.act_min, found.act_min)
+    state.hist += found.hist
+    cv, cb, cp = found.top_val, found.top_row, found.top_pos
+    enter = (cv > 0) & (cv > state.top_val[:, -1:])
+    rows = enter.any(1).nonzero().flatten()
+    if rows.numel():
+        cv = torch.where(enter, cv, -math.inf)
+        fields = {"val": cv, "ctx": torch.where(enter, ctx[cb], -1), "pos": cp}
+        _merge(state, "top", rows, fields, enter, cb, cp, acts, tokens, lengths, cfg)
+    rp, rb, rpos = found.rnd_pri, found.rnd_row, found.rnd_pos
+    sampled = rp < _M
+    rows = sampled.any(1).nonzero().flatten()
+    if rows.numel():
+        fields = {"pri": rp, "val": found.rnd_val, "ctx": torch.where(sampled, ctx[rb], -1), "pos": rpos}
+        _merge(state, "rnd", rows, fields, sampled, rb, rpos, acts, tokens, lengths, cfg)
+
+
+def update(
+    state: LayerState, acts: Tensor, batch: Batch, layer: int, cfg: CollectConfig, edges: Tensor
+) -> None:
+    """Fold one batch's activations ``[B, P, F]`` of one layer into ``state`` (:func:`find`, then
+    :func:`fold`; ``acts`` is zeroed in place at BOS and padding)."""
+    fold(state, find(acts, batch, layer, cfg, edges, state.rnd_pri.amax(1)), acts, batch, cfg)
 
 
 # ----- logit effects ---------------------------------------------------------------------------------------
@@ -515,6 +576,7 @@ def collect(
     exists (a killed run), collection resumes from its last checkpoint. ``on_block(docs_done)`` is
     called after every block (tests use it to stop a run).
     """
+    from clew.allocator import keep_freed_memory
     from clew.features.labels import auto_labels
 
     cfg = cfg or CollectConfig()
@@ -530,6 +592,7 @@ def collect(
     workers = threads if device.type == "cpu" else 1
     if device.type == "cpu":
         torch.set_num_threads(1 if workers > 1 else threads)
+        keep_freed_memory()  # the same blocks come and go every batch: no fresh, zeroed pages for each
     if cfg.batch_tokens is None:
         cfg.batch_tokens = 32768 if device.type == "cuda" else 4096
     model.to(device)
@@ -602,12 +665,11 @@ def collect(
                 for doc in ids
                 for c in contexts_of([bos, *doc] if bos is not None else doc, bos, cfg.ctx_len)
             ]
-            for batch, acts in _activations(
-                model, tc, batches(ctxs, progress["contexts"], cfg.batch_tokens), device, workers
-            ):
+            todo = batches(ctxs, progress["contexts"], cfg.batch_tokens)
+            for batch, acts, found in _found(model, tc, todo, states, cfg, edges, device, workers):
                 seen_tokens.update(batch.tokens.unique().tolist())
                 for layer, a in acts.items():
-                    update(states[layer], a, batch, layer, cfg, edges)
+                    fold(states[layer], found[layer], a, batch, cfg)
                 n = int((batch.lengths - 1).clamp(min=0).sum())
                 block_tokens += n
                 if bar is not None:
@@ -668,15 +730,36 @@ def collect(
     )
 
 
-def _activations(
-    model: Transformer, tc: Transcoder, todo: list[Batch], device: torch.device, workers: int
-) -> Iterator[tuple[Batch, dict[int, Tensor]]]:
-    """Each batch with its activations (:func:`feature_activations`), in order; with ``workers`` > 1 that
-    many batches are computed at once in threads (torch releases the interpreter lock in its kernels),
-    at most one more waiting, so memory holds a few batches whatever the block."""
+def _found(
+    model: Transformer,
+    tc: Transcoder,
+    todo: list[Batch],
+    states: dict[int, LayerState],
+    cfg: CollectConfig,
+    edges: Tensor,
+    device: torch.device,
+    workers: int,
+) -> Iterator[tuple[Batch, dict[int, Tensor], dict[int, Found]]]:
+    """Each batch with its activations (:func:`feature_activations`) and what it holds (:func:`find`),
+    in order. With ``workers`` > 1 that many batches are worked on at once in threads (torch releases
+    the interpreter lock in its kernels), at most one more waiting, so memory holds a few batches
+    whatever the block; only :func:`fold` is left to the caller, in order."""
+
+    @torch.inference_mode()
+    def job(batch: Batch, limits: dict[int, Tensor]) -> tuple[dict[int, Tensor], dict[int, Found]]:
+        inputs = _inputs(model, tc, batch.tokens.to(device))
+        acts, found = {}, {}
+        for layer in tc.layers:  # each layer's activations searched while they are still in the cache
+            acts[layer] = _encode(tc, layer, inputs.pop(layer)).float()
+            found[layer] = find(acts[layer], batch, layer, cfg, edges, limits[layer])
+        return acts, found
+
+    def limits() -> dict[int, Tensor]:  # read when a job is sent: any earlier value is safe (it only falls)
+        return {layer: st.rnd_pri.amax(1) for layer, st in states.items()}
+
     if workers <= 1:
         for batch in todo:
-            yield batch, feature_activations(model, tc, batch.tokens.to(device))
+            yield batch, *job(batch, limits())
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -684,13 +767,13 @@ def _activations(
     with ThreadPoolExecutor(workers, thread_name_prefix="clew-collect") as pool:
         pending: deque = deque()
         for batch in todo:
-            pending.append((batch, pool.submit(feature_activations, model, tc, batch.tokens.to(device))))
+            pending.append((batch, pool.submit(job, batch, limits())))
             if len(pending) > workers:
                 done, future = pending.popleft()
-                yield done, future.result()
+                yield done, *future.result()
         while pending:
             done, future = pending.popleft()
-            yield done, future.result()
+            yield done, *future.result()
 
 
 def _open_partial(path: Path) -> Any:
