@@ -41,7 +41,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from clew.attribution.export import slug_from
 from clew.commands.demo import DALLAS
@@ -184,6 +184,17 @@ def pick_node(graph_json: Path, token: str, node_id: str | None = None) -> dict:
     return max(features, key=lambda n: n["activation"])
 
 
+def supernodes_param(graph_json: Path) -> str:
+    """``&supernodes=...`` for the page's URL from the file's ``qParams``: circuit-tracer 0.5.0's
+    ``initCg`` replaces ``qParams.supernodes`` by the URL's (an empty list when the URL has none), so
+    the file's supernodes reach its subgraph only this way. Encoded twice: the page decodes the value
+    once more after ``URLSearchParams`` has."""
+    supernodes = json.loads(graph_json.read_text(encoding="utf-8"))["qParams"]["supernodes"]
+    if not supernodes:
+        return ""
+    return "&supernodes=" + quote(quote(json.dumps(supernodes, ensure_ascii=False), safe=""), safe="")
+
+
 def screenshot(url: str, node_id: str, out: Path, chromium: str) -> dict:
     """Open ``url`` offline, click ``node_id`` in the link graph, wait for its feature panel, save the
     page to ``out``; what happened (requests blocked, page errors, nodes drawn, feature files)."""
@@ -274,7 +285,9 @@ def main() -> int:
             try:
                 port = int(server.stdout.readline())
                 a.out.parent.mkdir(parents=True, exist_ok=True)
-                url = f"http://127.0.0.1:{port}/index.html?slug={slug}"
+                url = f"http://127.0.0.1:{port}/index.html?slug={slug}" + supernodes_param(
+                    graphs / f"{slug}.json"
+                )
                 seen = screenshot(url, node["node_id"], a.out, a.chromium)
             finally:
                 server.terminate()
