@@ -181,6 +181,17 @@ def test_supernodes_and_pins_become_the_viewers_saved_view(tmp_path):
     assert q["pinnedIds"] == ["0_1_1", "0_7_2", "1_3_2", "E_5_0", "3_40_2"]  # the top logit last
     assert set(q["pinnedIds"]) <= written
     assert (q["linkType"], q["clickedId"], q["sg_pos"]) == ("both", "", "")
+    # read back as annotations, by node key, and written again the same
+    back = import_json(tmp_path / "sn.json")
+    assert back.annotations == {
+        "supernodes": [
+            {"name": "both", "members": ["L0/F1@1", "L0/F7@2"], "why": "", "source": "user"},
+            {"name": "supernode", "members": ["L1/F3@2"], "why": "", "source": "user"},
+        ],
+        "pins": ["L0/F1@1", "L0/F7@2", "L1/F3@2", "token@0", "logit@0"],
+    }
+    again = load(export_json(back, analyze(back, 1.0, 1.0), tmp_path / "again", "sn"))["qParams"]
+    assert again == q
 
     g.annotations = {"pins": ["token@1"]}
     q = load(export_json(g, analyze(g, 1.0, 1.0), tmp_path, "pins"))["qParams"]
@@ -188,6 +199,30 @@ def test_supernodes_and_pins_become_the_viewers_saved_view(tmp_path):
     g.annotations = {"supernodes": {"not": "a list"}, "pins": "token@1"}
     q = load(export_json(g, analyze(g, 1.0, 1.0), tmp_path, "bad"))["qParams"]
     assert q["supernodes"] == [] and q["pinnedIds"] == []
+    assert import_json(tmp_path / "bad.json").annotations == {}
+
+
+def test_import_reads_a_viewers_saved_view(tmp_path):
+    data = circuit_tracer_style()
+    data["qParams"] |= {
+        "supernodes": [
+            ["say is", "3_40_2", "0_1_1", "gone", "3_40_2"],
+            [" ", "x7"],
+            ["only gone", "gone"],
+            7,
+        ],
+        "pinnedIds": ["3_40_2", "E_651_1", "27_9_2", None, "gone"],
+    }
+    path = tmp_path / "ct.json"
+    path.write_text(json.dumps(data))
+    g = import_json(path)
+    assert g.annotations == {
+        "supernodes": [{"name": "say is", "members": ["L3/F40@2", "L0/F1@1"], "why": "", "source": "user"}],
+        "pins": ["L3/F40@2", "token@1", "logit@0"],
+    }
+    data["qParams"] = "not an object"
+    path.write_text(json.dumps(data))
+    assert import_json(path).annotations == {}
 
 
 def test_repeated_logit_tokens_get_distinct_ids():
