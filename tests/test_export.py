@@ -161,6 +161,70 @@ def test_ids_are_unique_where_the_old_convention_collides(tmp_path):
     )
 
 
+def test_supernodes_and_pins_become_the_viewers_saved_view(tmp_path):
+    g = hand_graph()
+    g.annotations = {
+        "supernodes": [
+            {"name": "both", "members": ["L0/F1@1", "L0/F7@2", "L9/F9@9"], "source": "auto"},
+            {"name": "gone", "members": ["error L0@0"]},  # no edges, so not exported
+            {"name": "", "members": ["L1/F3@2", 5]},
+            "not a supernode",
+            {"name": "bad", "members": "L0/F1@1"},
+        ],
+        "pins": ["token@0", "nope", "L0/F1@1"],
+    }
+    data = load(export_json(g, analyze(g, 1.0, 1.0), tmp_path, "sn"))
+    written = {n["node_id"] for n in data["nodes"]}
+    assert "0_-1_0" not in written
+    q = data["qParams"]
+    assert q["supernodes"] == [["both", "0_1_1", "0_7_2"], ["supernode", "1_3_2"]]
+    assert q["pinnedIds"] == ["0_1_1", "0_7_2", "1_3_2", "E_5_0", "3_40_2"]  # the top logit last
+    assert set(q["pinnedIds"]) <= written
+    assert (q["linkType"], q["clickedId"], q["sg_pos"]) == ("both", "", "")
+    # read back as annotations, by node key, and written again the same
+    back = import_json(tmp_path / "sn.json")
+    assert back.annotations == {
+        "supernodes": [
+            {"name": "both", "members": ["L0/F1@1", "L0/F7@2"], "why": "", "source": "user"},
+            {"name": "supernode", "members": ["L1/F3@2"], "why": "", "source": "user"},
+        ],
+        "pins": ["L0/F1@1", "L0/F7@2", "L1/F3@2", "token@0", "logit@0"],
+    }
+    again = load(export_json(back, analyze(back, 1.0, 1.0), tmp_path / "again", "sn"))["qParams"]
+    assert again == q
+
+    g.annotations = {"pins": ["token@1"]}
+    q = load(export_json(g, analyze(g, 1.0, 1.0), tmp_path, "pins"))["qParams"]
+    assert q["supernodes"] == [] and q["pinnedIds"] == ["E_6_1", "3_40_2"]
+    g.annotations = {"supernodes": {"not": "a list"}, "pins": "token@1"}
+    q = load(export_json(g, analyze(g, 1.0, 1.0), tmp_path, "bad"))["qParams"]
+    assert q["supernodes"] == [] and q["pinnedIds"] == []
+    assert import_json(tmp_path / "bad.json").annotations == {}
+
+
+def test_import_reads_a_viewers_saved_view(tmp_path):
+    data = circuit_tracer_style()
+    data["qParams"] |= {
+        "supernodes": [
+            ["say is", "3_40_2", "0_1_1", "gone", "3_40_2"],
+            [" ", "x7"],
+            ["only gone", "gone"],
+            7,
+        ],
+        "pinnedIds": ["3_40_2", "E_651_1", "27_9_2", None, "gone"],
+    }
+    path = tmp_path / "ct.json"
+    path.write_text(json.dumps(data))
+    g = import_json(path)
+    assert g.annotations == {
+        "supernodes": [{"name": "say is", "members": ["L3/F40@2", "L0/F1@1"], "why": "", "source": "user"}],
+        "pins": ["L3/F40@2", "token@1", "logit@0"],
+    }
+    data["qParams"] = "not an object"
+    path.write_text(json.dumps(data))
+    assert import_json(path).annotations == {}
+
+
 def test_repeated_logit_tokens_get_distinct_ids():
     g = hand_graph()
     g.logit_tokens = torch.tensor([40, 40])

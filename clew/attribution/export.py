@@ -39,6 +39,12 @@ Stale caches: ``metadata.info.content_hash`` (also in the ``graph-metadata.json`
 hex digits of the SHA-256 of the nodes and links as written. A viewer that fetches
 ``<slug>.json?v=<content_hash>`` never shows an old graph when a slug is reused.
 
+``qParams`` (the viewers' saved view) comes from the graph's annotations: each supernode as ``[name,
+*member ids]`` with only its exported members, and ``pinnedIds`` its members, the annotation's pins and,
+when anything is pinned, the top logit (the viewers draw only pinned nodes in their subgraph). A graph
+without annotations gets empty lists. :func:`import_json` reads them back into annotations (the supernodes as the
+user's, ``pinnedIds`` as pins).
+
 clew's additions all live inside ``metadata.info``: ``generator``, ``create_time_ms``, ``content_hash``,
 ``n_layers``, ``model``, ``dictionary`` and ``scores`` (replacement and completeness of the whole graph
 and of the pruned one, from the analysis).
@@ -300,6 +306,39 @@ def _routed(
     return nodes, [x for x in links if x], head_ids
 
 
+def _q_params(graph: Graph, ids: dict[int, str]) -> dict[str, Any]:
+    """The viewers' saved view from ``graph.annotations``: each supernode as ``[name, *member ids]`` (its
+    members that are exported; none, no supernode), and pinned, so that the viewers' subgraph draws
+    them: the members, the annotation's ``pins`` and, when anything is pinned, the top logit. Keys that
+    name no exported node are left out; an annotation of the wrong shape is left out whole."""
+    index = graph.node_index()
+
+    def shown(keys: Any) -> list[str]:
+        if not isinstance(keys, list):
+            return []
+        return [ids[index[k]] for k in keys if isinstance(k, str) and index.get(k) in ids]
+
+    groups = graph.annotations.get("supernodes")
+    supernodes, pinned = [], []
+    for group in groups if isinstance(groups, list) else []:
+        members = shown(group.get("members")) if isinstance(group, dict) else []
+        if members:
+            name = group.get("name")
+            supernodes.append([name if isinstance(name, str) and name else "supernode", *members])
+            pinned += members
+    pinned += shown(graph.annotations.get("pins"))
+    top = graph.logit_offset + top_logit(graph)
+    if pinned and graph.n_logits and top in ids:
+        pinned.append(ids[top])
+    return {
+        "pinnedIds": list(dict.fromkeys(pinned)),
+        "supernodes": supernodes,
+        "linkType": "both",
+        "clickedId": "",
+        "sg_pos": "",
+    }
+
+
 def _link(source: str, target: str, weight: float) -> str:
     w = round6(weight)
     return "" if w is None else f'{{"source":"{source}","target":"{target}","weight":{w!r}}}'
@@ -399,7 +438,7 @@ def export_json(
         "node_threshold": node_threshold,
         "edge_threshold": analysis.edge_threshold,
     }
-    q_params = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
+    q_params = _q_params(graph, ids)
 
     head = (
         '{"metadata":'
@@ -662,7 +701,7 @@ def _import_json(path: str | Path) -> Graph:
     if head_ids:
         settings["imported"]["head_nodes_dropped"] = len(head_ids)
     transcoders = meta.get("transcoder_list") if isinstance(meta.get("transcoder_list"), list) else []
-    return Graph(
+    graph = Graph(
         prompt=meta.get("prompt") if isinstance(meta.get("prompt"), str) else "".join(tokens_text),
         tokens=tokens,
         token_strings=list(tokens_text),
@@ -678,3 +717,31 @@ def _import_json(path: str | Path) -> Graph:
         settings=settings,
         error_norms=error_norms if has_norms else None,
     )
+    graph.annotations = _saved_view(data.get("qParams"), index, graph)
+    return graph
+
+
+def _saved_view(q_params: Any, index: dict[str, int], graph: Graph) -> dict[str, Any]:
+    """A file's ``qParams`` as annotations: its supernodes (``source`` ``user``) and its ``pinnedIds`` as
+    pins, by node key; ids of no node, empty or unnamed groups and values of the wrong shape are left out."""
+    if not isinstance(q_params, dict):
+        return {}
+
+    def keys(ids: Any) -> list[str]:
+        found = [graph.node_key(index[i]) for i in ids if isinstance(i, str) and i in index]
+        return list(dict.fromkeys(found))
+
+    out: dict[str, Any] = {}
+    groups = q_params.get("supernodes") if isinstance(q_params.get("supernodes"), list) else []
+    supernodes = []
+    for group in groups:
+        if isinstance(group, list) and group and isinstance(group[0], str) and group[0].strip():
+            members = keys(group[1:])
+            if members:
+                supernodes.append({"name": group[0].strip(), "members": members, "why": "", "source": "user"})
+    if supernodes:
+        out["supernodes"] = supernodes
+    pins = keys(q_params["pinnedIds"]) if isinstance(q_params.get("pinnedIds"), list) else []
+    if pins:
+        out["pins"] = pins
+    return out
