@@ -301,6 +301,31 @@ def feature_activations(model: Transformer, tc: Transcoder, tokens: Tensor) -> d
     return {layer: _encode(tc, layer, inputs[layer]).float() for layer in tc.layers}
 
 
+def _flat_nonzero(mask: Tensor) -> Tensor:
+    """``mask.nonzero().flatten()`` for a contiguous 1-d bool tensor, read eight entries at a time: the
+    sparse masks of a dictionary's activations are mostly empty words."""
+    if mask.numel() % 8 or mask.device.type != "cpu":
+        return mask.nonzero().flatten()
+    words = mask.view(torch.uint8).view(torch.int64)
+    w = words.nonzero().flatten()
+    sub = words[w].view(torch.uint8).view(-1, 8).nonzero()  # (word, byte); bytes in memory order
+    return w[sub[:, 0]] * 8 + sub[:, 1]
+
+
+def _encode_active(tc: Transcoder, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_encode` and where its result is positive, with one comparison for the two when the
+    nonlinearity is a threshold (``[B, P, F]`` each)."""
+    kind = tc.cfg.activation
+    if kind in ("jumprelu", "batchtopk") and tc.threshold is not None:
+        pre = tc.pre_activations(layer, x).float()
+        thr = tc.threshold[tc.slot(layer)].float()
+        if bool((thr >= 0).all()):
+            active = pre > thr
+            return pre.masked_fill_(~active, 0.0), active
+    acts = _encode(tc, layer, x).float()
+    return acts, acts > 0
+
+
 def _encode(tc: Transcoder, layer: int, x: Tensor) -> Tensor:
     """``tc.encode(layer, x)``, with the threshold (JumpReLU, BatchTopK at inference) or ReLU applied in
     place on the pre-activations (no second ``[B, P, F]`` tensor); the same values."""
@@ -409,19 +434,29 @@ class Found:
 
 
 @torch.inference_mode()
-def find(acts: Tensor, batch: Batch, layer: int, cfg: CollectConfig, edges: Tensor, limit: Tensor) -> Found:
+def find(
+    acts: Tensor,
+    batch: Batch,
+    layer: int,
+    cfg: CollectConfig,
+    edges: Tensor,
+    limit: Tensor,
+    active: Tensor | None = None,
+) -> Found:
     """One batch's :class:`Found` for one layer from its activations ``[B, P, F]`` (zeroed in place at
-    BOS and padding). ``limit`` ``[F]``: a priority no sampled entry can beat once merged (the state's
-    largest kept priority, or any earlier value of it: it only falls), which spares sorting the rest.
-    The work is on the non-zero entries, except one max over positions."""
+    BOS and padding) and, if known, where they are positive (``active``, bool, also cleared in place).
+    ``limit`` ``[F]``: a priority no sampled entry can beat once merged (the state's largest kept
+    priority, or any earlier value of it: it only falls), which spares sorting the rest. The work is
+    on the non-zero entries, except one max over positions."""
     B, P, F = acts.shape
     dev = acts.device
     lengths, ctx = batch.lengths.to(dev), batch.contexts.to(dev)
-    acts[:, 0] = 0.0  # BOS left out
+    active = acts > 0 if active is None else active
+    acts[:, 0], active[:, 0] = 0.0, False  # BOS left out
     for b in (lengths < P).nonzero().flatten().tolist():
-        acts[b, int(lengths[b]) :] = 0.0
+        acts[b, int(lengths[b]) :], active[b, int(lengths[b]) :] = 0.0, False
     flat = acts.view(-1)
-    where = (flat > 0).nonzero().flatten()  # indices into [B, P, F]
+    where = _flat_nonzero(active.view(-1))  # indices into [B, P, F]
     values = flat[where]
     f = where % F
     bp = where // F  # row * P + position
@@ -750,8 +785,8 @@ def _found(
         inputs = _inputs(model, tc, batch.tokens.to(device))
         acts, found = {}, {}
         for layer in tc.layers:  # each layer's activations searched while they are still in the cache
-            acts[layer] = _encode(tc, layer, inputs.pop(layer)).float()
-            found[layer] = find(acts[layer], batch, layer, cfg, edges, limits[layer])
+            acts[layer], active = _encode_active(tc, layer, inputs.pop(layer))
+            found[layer] = find(acts[layer], batch, layer, cfg, edges, limits[layer], active)
         return acts, found
 
     def limits() -> dict[int, Tensor]:  # read when a job is sent: any earlier value is safe (it only falls)
