@@ -1,6 +1,10 @@
-"""clew against circuit-tracer 0.5.0 on SmolLM2-135M with random JumpReLU transcoders.
+"""clew against circuit-tracer 0.5.0: SmolLM2-135M or Gemma-3-270m with random JumpReLU transcoders,
+or the organism with its shipped ones; per-layer (PLT) or cross-layer (CLT).
 
     python bench/vs_circuit_tracer.py                 # the comparison table (installs circuit-tracer)
+    python bench/vs_circuit_tracer.py --model organism --kind clt --budgets 256 all
+    python bench/vs_circuit_tracer.py --model smollm2 --kind clt   # a random CLT over all 30 layers
+    python bench/vs_circuit_tracer.py --model gemma3 --budgets 256 all
     python bench/vs_circuit_tracer.py --scale         # clew alone on 64 / 256 / 1024-token prompts
     python bench/vs_circuit_tracer.py --budgets 256   # a subset of the rows
     python bench/vs_circuit_tracer.py --ct-batch-size 256   # circuit-tracer at its fastest setting
@@ -9,11 +13,15 @@
 circuit-tracer runs in its own virtual environment (bench/.ctvenv, created on first use with
 circuit-tracer==0.5.0, nnsight==0.6.3 and torch==2.13.0) through its nnsight backend. Both tools read
 the same transcoders, written once by clew in circuit-tracer's layout (2,048 features per layer,
-JumpReLU, mlp.hook_in -> mlp.hook_out), and trace the same token ids: circuit-tracer prepends a
-beginning-of-sequence token where SmolLM2's tokenizer adds none, so clew is given the same ids. Each
-run is its own process with 2 threads; time is the attribution call alone, memory the process's peak
-resident set (which includes the model). circuit-tracer drops the features and error of position 0
-(the prepended token); edges are compared on the nodes both graphs have.
+JumpReLU, reading mlp.hook_in and writing mlp.hook_out, or hook_mlp_out after Gemma's post-MLP norm;
+a CLT's features write to every layer from their own up), or the organism's shipped ones (already in
+that layout). Both trace the same token ids: circuit-tracer prepends a beginning-of-sequence token
+where the tokenizer adds none (SmolLM2's), so clew is given the same ids. Each run is its own process
+with 2 threads; time is the attribution call alone, memory the process's peak resident set (which
+includes the model). circuit-tracer drops the features and error of position 0 (the prepended
+token); edges are compared on the nodes both graphs have. On Gemma, circuit-tracer's embedding
+columns lack the model's embedding scale (sqrt(d_model)), so its embedding edges are left out of the
+comparison.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,6 +42,30 @@ WORK = HERE / ".work"
 PROMPT = "Fact: the capital of the state containing Dallas is"
 N_FEATURES = 2048
 ACTIVE_FRACTION = 0.004  # thresholds put about this fraction of features on, per token
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model the comparison runs on."""
+
+    source: str
+    """clew's name for it (resolve_model_source)."""
+    write: str
+    """Where random transcoders write: the MLP's output, or after Gemma's post-MLP norm."""
+    prompt: str
+    """What is traced."""
+    scaled_embeddings: bool = False
+    """circuit-tracer's embedding columns lack the model's embedding scale: leave them out of the comparison."""
+
+
+SUBJECTS = {
+    "smollm2": Subject("smollm2-135m", "mlp_out", PROMPT),
+    "gemma3": Subject("gemma-3-270m", "resid_delta", PROMPT, scaled_embeddings=True),
+    # the organism's own two-hop sentence, six times (about 60 tokens), with its shipped dictionaries
+    "organism": Subject(
+        "organism", "mlp_out", " ".join(["The capital of the state containing Dallas is Austin."] * 6)
+    ),
+}
 
 
 # --- set-up ---------------------------------------------------------------------------------------------
@@ -49,8 +82,9 @@ def ensure_ct_venv() -> Path:
     return python
 
 
-def make_transcoders(model_folder: Path, out: Path, seed: int = 0) -> Path:
-    """Random JumpReLU PLTs for every layer, thresholds set on a calibration text, saved by clew."""
+def make_transcoders(model_folder: Path, out: Path, kind: str, subject: Subject, seed: int = 0) -> Path:
+    """Random JumpReLU transcoders (PLT or CLT) for every layer, thresholds set on the benchmark prompt,
+    saved by clew in circuit-tracer's layout."""
     if (out / "config.yaml").exists():
         return out
     import torch
@@ -64,15 +98,17 @@ def make_transcoders(model_folder: Path, out: Path, seed: int = 0) -> Path:
         n_layers=model.cfg.n_layers,
         d_model=model.cfg.d_model,
         n_features=N_FEATURES,
-        kind="plt",
+        kind=kind,
         activation="jumprelu",
         read="mlp_in",
-        write="mlp_out",
-        model_name="smollm2-135m",
+        write=subject.write,
+        model_name=subject.source,
     )
     tc = Transcoder(cfg)
     g = torch.Generator().manual_seed(seed)
-    calib = torch.tensor([prompt_ids(model_folder, None)])  # thresholds set on the benchmark prompt itself
+    calib = torch.tensor(
+        [prompt_ids(model_folder, subject.prompt, None)]
+    )  # thresholds set on the prompt itself
     with torch.no_grad():
         cache = model.run(calib, record=True).cache
         for layer in range(cfg.n_layers):
@@ -81,7 +117,8 @@ def make_transcoders(model_folder: Path, out: Path, seed: int = 0) -> Path:
             tc.W_enc[layer] = w
             pre = (x[1:] @ w.T).flatten()  # one threshold per layer, from positions after the first
             tc.threshold[layer] = pre.quantile(1 - ACTIVE_FRACTION).clamp_min(1e-3)
-            tc.W_dec[layer].copy_(torch.randn(N_FEATURES, cfg.d_model, generator=g) * 0.05)
+            W_dec = tc.W_dec[layer]  # (F, D), or (F, n_dst, D) for a CLT
+            W_dec.copy_(torch.randn(W_dec.shape, generator=g) * 0.05)
             tc.b_dec[layer] = 0.0
     save_transcoder(tc, out)
     return out
@@ -89,14 +126,24 @@ def make_transcoders(model_folder: Path, out: Path, seed: int = 0) -> Path:
 
 def ct_model_folder(model_folder: Path) -> Path:
     """The model folder as older transformers (circuit-tracer's 4.x) reads it: a generic fast tokenizer
-    class, and the rotary base as a top-level ``rope_theta`` (4.x ignores ``rope_parameters``)."""
-    out = WORK / "smollm2-for-ct"
+    class, and the rotary bases as top-level ``rope_theta`` (and Gemma-3's ``rope_local_base_freq``
+    for its sliding layers): 4.x ignores ``rope_parameters``."""
+    out = WORK / f"{model_folder.name}-for-ct"
     out.mkdir(parents=True, exist_ok=True)
     for f in model_folder.iterdir():
-        if f.name not in ("tokenizer_config.json", "config.json") and not (out / f.name).exists():
+        if (
+            f.is_file()
+            and f.name not in ("tokenizer_config.json", "config.json")
+            and not (out / f.name).exists()
+        ):
             (out / f.name).symlink_to(f)
     config = json.loads((model_folder / "config.json").read_text())
-    config["rope_theta"] = config.get("rope_parameters", {}).get("rope_theta", config.get("rope_theta"))
+    rope = config.get("rope_parameters", {})
+    if "full_attention" in rope:  # Gemma-3: one rotary base per layer type
+        config["rope_theta"] = rope["full_attention"]["rope_theta"]
+        config["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+    else:
+        config["rope_theta"] = rope.get("rope_theta", config.get("rope_theta"))
     (out / "config.json").write_text(json.dumps(config))
     cfg = json.loads((model_folder / "tokenizer_config.json").read_text())
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -104,16 +151,17 @@ def ct_model_folder(model_folder: Path) -> Path:
     return out
 
 
-def prompt_ids(model_folder: Path, n_tokens: int | None) -> list[int]:
-    """The prompt's ids with a beginning-of-sequence token first, as circuit-tracer makes them."""
+def prompt_ids(model_folder: Path, prompt: str, n_tokens: int | None) -> list[int]:
+    """The prompt's ids with a beginning-of-sequence token first, as circuit-tracer makes them (it
+    prepends one unless the tokenizer already did)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_folder)
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.pad_token_id
-    ids = tok(PROMPT)["input_ids"]
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
     if n_tokens is not None:  # a longer prompt: a passage repeated, then the question
-        filler = tok(" Dallas is a city in Texas, and Austin is its capital." * 200)["input_ids"]
-        ids = filler[: n_tokens - 1 - len(ids)] + ids
+        filler = tok(" Dallas is a city in Texas, and Austin is its capital." * 200, add_special_tokens=False)
+        ids = filler["input_ids"][: n_tokens - 1 - len(ids)] + ids
     return [bos] + ids
 
 
@@ -158,20 +206,23 @@ def ct_worker(a: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
+    import yaml
     from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
     from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
 
     tc_folder = Path(a.transcoders)
-    n_layers = len(list(tc_folder.glob("layer_*.safetensors")))
-    paths = {i: str(tc_folder / f"layer_{i}.safetensors") for i in range(n_layers)}
-    device = torch.device("cpu")
-    tcs = load_transcoder_set(
-        paths,
-        scan="random",
-        feature_input_hook="mlp.hook_in",
-        feature_output_hook="mlp.hook_out",
-        device=device,
+    config = yaml.safe_load((tc_folder / "config.yaml").read_text())
+    hooks = dict(
+        feature_input_hook=config["feature_input_hook"], feature_output_hook=config["feature_output_hook"]
     )
+    device = torch.device("cpu")
+    if config["model_kind"] == "cross_layer_transcoder":
+        tcs = load_clt(str(tc_folder), scan="random", device=device, dtype=torch.float32, **hooks)
+    else:
+        n_layers = len(list(tc_folder.glob("layer_*.safetensors")))
+        paths = {i: str(tc_folder / f"layer_{i}.safetensors") for i in range(n_layers)}
+        tcs = load_transcoder_set(paths, scan="random", device=device, **hooks)
     folder = ct_model_folder(Path(a.model_folder))
     model = ReplacementModel.from_pretrained_and_transcoders(
         str(folder), tcs, backend="nnsight", device=device
@@ -195,8 +246,37 @@ def ct_worker(a: argparse.Namespace) -> None:
 # --- comparison -----------------------------------------------------------------------------------------
 
 
-def compare(clew_path: Path, ct_path: Path) -> tuple[float, float]:
-    """Largest |difference| over the edges between nodes both graphs have, and the largest |edge|."""
+def clew_active(model_folder: Path, transcoders: Path, ids: list[int]) -> set[tuple[int, int, int]]:
+    """Every (layer, position, index) that clew finds active on ``ids`` (budgeted graphs keep only some)."""
+    import torch
+
+    from clew.dictionaries import load_transcoder
+    from clew.models.loading import load_folder
+
+    model = load_folder(model_folder, tokenizer=False)
+    tc = load_transcoder(transcoders)
+    with torch.no_grad():
+        cache = model.run(torch.tensor([ids]), record=True).cache
+        active = set()
+        for layer in tc.layers:
+            pos, index = tc.encode(layer, cache.read(tc.cfg.read, layer)[0]).nonzero(as_tuple=True)
+            active |= {(layer, p, i) for p, i in zip(pos.tolist(), index.tolist())}
+    return active
+
+
+def compare(
+    clew_path: Path,
+    ct_path: Path,
+    active: set[tuple[int, int, int]],
+    cross_layer: bool,
+    embeddings: bool = True,
+) -> tuple[float, float, int]:
+    """Largest |difference| over the edges between nodes both graphs have, the largest |edge| compared,
+    and how many features only one tool finds active.
+
+    Left out: the embeddings' columns unless ``embeddings``, and the error nodes a feature active in
+    one tool only writes to (a pre-activation within rounding of its threshold: the two forward passes
+    differ in the last bits, and the feature's write lands in the error of the other)."""
     import torch
 
     from clew.attribution import Graph
@@ -204,8 +284,8 @@ def compare(clew_path: Path, ct_path: Path) -> tuple[float, float]:
     ours = Graph.load(clew_path)
     theirs = torch.load(ct_path)
     L, P = ours.n_layers, ours.n_pos
-    active, sel = theirs["active_features"], theirs["selected_features"]
-    their_feats = active[sel]  # (Nf', 3) layer, pos, index
+    active_t, sel = theirs["active_features"], theirs["selected_features"]
+    their_feats = active_t[sel]  # (Nf', 3) layer, pos, index
     n_t = len(their_feats)
     key = {tuple(f): i for i, f in enumerate(ours.features.tolist())}
     pairs = [(i, key[tuple(f)]) for i, f in enumerate(their_feats.tolist()) if tuple(f) in key]
@@ -227,7 +307,14 @@ def compare(clew_path: Path, ct_path: Path) -> tuple[float, float]:
     keep[: len(o_idx)] = ~feats_pos0
     errors_pos0 = torch.arange(L) * P
     keep[len(o_idx) + errors_pos0] = False
-    return float((a[:, keep] - b[:, keep]).abs().max()), float(b.abs().max())
+    if not embeddings:
+        keep[len(o_idx) + L * P :] = False
+    differ = {f for f in active if f[1] > 0} ^ {tuple(f) for f in active_t.tolist()}
+    for layer, pos, _ in differ:  # the error nodes its write lands in: its layer (and those above, for a CLT)
+        for dst in range(layer, L if cross_layer else layer + 1):
+            keep[len(o_idx) + dst * P + pos] = False
+    b = b[:, keep]
+    return float((a[:, keep] - b).abs().max()), float(b.abs().max()), len(differ)
 
 
 def run_worker(python: str, kind: str, a: argparse.Namespace, ids: list[int], budget, out: Path) -> dict:
@@ -261,6 +348,13 @@ def run_worker(python: str, kind: str, a: argparse.Namespace, ids: list[int], bu
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=list(SUBJECTS), default="smollm2", help="the model (default smollm2)")
+    p.add_argument(
+        "--kind",
+        choices=["plt", "clt"],
+        default="plt",
+        help="per-layer or cross-layer transcoders: random ones for smollm2 and gemma3, the shipped ones for the organism",
+    )
     p.add_argument("--worker", choices=["clew", "ct"])
     p.add_argument("--model-folder")
     p.add_argument("--transcoders")
@@ -288,48 +382,64 @@ def main() -> None:
     if a.worker == "ct":
         return ct_worker(a)
 
+    from clew.assets import ORGANISM
     from clew.models.sources import resolve_model_source
 
     WORK.mkdir(exist_ok=True)
-    a.model_folder = resolve_model_source("smollm2-135m")
-    a.transcoders = make_transcoders(a.model_folder, WORK / "random-jumprelu-plt")
+    subject = SUBJECTS[a.model]
+    a.model_folder = resolve_model_source(subject.source)
+    if a.model == "organism":
+        a.transcoders = ORGANISM.dictionary_path(a.kind)
+    else:
+        a.transcoders = make_transcoders(a.model_folder, WORK / f"random-{a.model}-{a.kind}", a.kind, subject)
+    tag = f"{a.model}-{a.kind}"
     if a.scale:
         budget = a.budget or 4096
         print(f"clew alone, budget {budget} feature nodes, {a.threads} threads")
         print(f"{'tokens':>7} {'active':>8} {'time s':>8} {'peak MB':>8} {'MB/token':>9}")
         for n in a.lengths:
-            ids = prompt_ids(a.model_folder, n)
-            r = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"scale-{n}.safetensors")
+            ids = prompt_ids(a.model_folder, subject.prompt, n)
+            r = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"scale-{tag}-{n}.safetensors")
             print(
                 f"{len(ids):>7} {r['n_active']:>8} {r['seconds']:>8.2f} {r['peak_mb']:>8.0f} {r['peak_mb'] / len(ids):>9.2f}"
             )
         return
     ct_python = str(ensure_ct_venv())
-    ids = prompt_ids(a.model_folder, None)
-    print(f"prompt {PROMPT!r}: {len(ids)} tokens (with the prepended BOS), {a.threads} threads")
+    ids = prompt_ids(a.model_folder, subject.prompt, None)
+    active = clew_active(a.model_folder, a.transcoders, ids)
     print(
-        f"{'budget':>7} {'active':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew MB':>8} {'ct MB':>8} {'mem ratio':>9} {'max |dA|':>10} {'max |A|':>9}"
+        f"{subject.source}, {a.kind.upper()} {a.transcoders.name}; prompt {subject.prompt!r}: {len(ids)} tokens "
+        f"(with the BOS), {a.threads} threads, load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'budget':>7} {'active':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew MB':>8} {'ct MB':>8} {'mem ratio':>9} {'max |dA|':>10} {'max |A|':>9} {'one only':>8}"
     )
     quiet = {}
     for b in a.budgets:
         budget = None if b == "all" else int(b)
-        ours = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"clew-{b}.safetensors")
-        theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{b}.pt")
+        ours = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"clew-{tag}-{b}.safetensors")
+        theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{tag}-{b}.pt")
         quiet[b] = (ours["seconds"], theirs["seconds"])
-        diff, scale = compare(WORK / f"clew-{b}.safetensors", WORK / f"ct-{b}.pt")
+        diff, scale, n_differ = compare(
+            WORK / f"clew-{tag}-{b}.safetensors",
+            WORK / f"ct-{tag}-{b}.pt",
+            active,
+            a.kind == "clt",
+            not subject.scaled_embeddings,
+        )
         print(
             f"{b:>7} {ours['n_active']:>7} {ours['seconds']:>8.2f} {theirs['seconds']:>8.2f} "
             f"{theirs['seconds'] / ours['seconds']:>8.1f}x {ours['peak_mb']:>8.0f} {theirs['peak_mb']:>8.0f} "
-            f"{theirs['peak_mb'] / ours['peak_mb']:>8.2f}x {diff:>10.2e} {scale:>9.2e}"
+            f"{theirs['peak_mb'] / ours['peak_mb']:>8.2f}x {diff:>10.2e} {scale:>9.2e} {n_differ:>8}  load {os.getloadavg()[0]:.2f}"
         )
     if a.load:
-        loaded(a, ct_python, ids, quiet)
+        loaded(a, ct_python, ids, quiet, tag)
 
 
 BUSY = "import torch\ntorch.set_num_threads(1)\nx = torch.randn(512, 512)\nwhile True:\n    x = torch.tanh(x @ x)\n"
 
 
-def loaded(a: argparse.Namespace, ct_python: str, ids: list[int], quiet: dict) -> None:
+def loaded(a: argparse.Namespace, ct_python: str, ids: list[int], quiet: dict, tag: str) -> None:
     """Every row again beside ``a.load`` busy processes: both tools' times and slowdowns."""
     busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(a.load)]
     try:
@@ -340,8 +450,10 @@ def loaded(a: argparse.Namespace, ct_python: str, ids: list[int], quiet: dict) -
         )
         for b in a.budgets:
             budget = None if b == "all" else int(b)
-            ours = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"clew-{b}-loaded.safetensors")
-            theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{b}-loaded.pt")
+            ours = run_worker(
+                sys.executable, "clew", a, ids, budget, WORK / f"clew-{tag}-{b}-loaded.safetensors"
+            )
+            theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{tag}-{b}-loaded.pt")
             q_ours, q_theirs = quiet[b]
             print(
                 f"{b:>7} {ours['seconds']:>8.2f} {theirs['seconds']:>8.2f} {theirs['seconds'] / ours['seconds']:>8.1f}x "
