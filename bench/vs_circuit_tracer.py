@@ -246,8 +246,10 @@ def ct_worker(a: argparse.Namespace) -> None:
 # --- comparison -----------------------------------------------------------------------------------------
 
 
-def clew_active(model_folder: Path, transcoders: Path, ids: list[int]) -> set[tuple[int, int, int]]:
-    """Every (layer, position, index) that clew finds active on ``ids`` (budgeted graphs keep only some)."""
+def clew_active(model_folder: Path, transcoders: Path, ids: list[int]) -> tuple[set, set]:
+    """The (layer, position, index) of every feature that clew finds active on ``ids`` (budgeted graphs
+    keep only some), and of those whose pre-activation lies within 1e-4 (relative) of their threshold:
+    summed in another order (other threads, other batch shapes), such a feature may be on or off."""
     import torch
 
     from clew.dictionaries import load_transcoder
@@ -255,28 +257,35 @@ def clew_active(model_folder: Path, transcoders: Path, ids: list[int]) -> set[tu
 
     model = load_folder(model_folder, tokenizer=False)
     tc = load_transcoder(transcoders)
+    active, near = set(), set()
     with torch.no_grad():
         cache = model.run(torch.tensor([ids]), record=True).cache
-        active = set()
         for layer in tc.layers:
-            pos, index = tc.encode(layer, cache.read(tc.cfg.read, layer)[0]).nonzero(as_tuple=True)
-            active |= {(layer, p, i) for p, i in zip(pos.tolist(), index.tolist())}
-    return active
+            pre = tc.pre_activations(layer, cache.read(tc.cfg.read, layer)[0])  # (P, F)
+            threshold = tc.threshold_of(layer)
+            close = torch.zeros_like(pre, dtype=torch.bool)
+            if threshold is not None:
+                close = (pre - threshold).abs() <= 1e-4 * threshold.abs()
+            for found, where in ((active, tc.activate(layer, pre) != 0), (near, close)):
+                pos, index = where.nonzero(as_tuple=True)
+                found |= {(layer, p, i) for p, i in zip(pos.tolist(), index.tolist())}
+    return active, near
 
 
 def compare(
     clew_path: Path,
     ct_path: Path,
-    active: set[tuple[int, int, int]],
+    active: tuple[set, set],
     cross_layer: bool,
     embeddings: bool = True,
 ) -> tuple[float, float, int]:
     """Largest |difference| over the edges between nodes both graphs have, the largest |edge| compared,
-    and how many features only one tool finds active.
+    and how many features may be active in one tool only.
 
-    Left out: the embeddings' columns unless ``embeddings``, and the error nodes a feature active in
-    one tool only writes to (a pre-activation within rounding of its threshold: the two forward passes
-    differ in the last bits, and the feature's write lands in the error of the other)."""
+    ``active``: :func:`clew_active`. Left out: the embeddings' columns unless ``embeddings``, and the
+    error nodes written by a feature that is active in one tool only or within rounding of its
+    threshold (summed in another order it may fall on the other side, and its write then lands in the
+    other tool's error node)."""
     import torch
 
     from clew.attribution import Graph
@@ -309,7 +318,8 @@ def compare(
     keep[len(o_idx) + errors_pos0] = False
     if not embeddings:
         keep[len(o_idx) + L * P :] = False
-    differ = {f for f in active if f[1] > 0} ^ {tuple(f) for f in active_t.tolist()}
+    ours_on, near = active
+    differ = ({f for f in ours_on if f[1] > 0} ^ {tuple(f) for f in active_t.tolist()}) | near
     for layer, pos, _ in differ:  # the error nodes its write lands in: its layer (and those above, for a CLT)
         for dst in range(layer, L if cross_layer else layer + 1):
             keep[len(o_idx) + dst * P + pos] = False
@@ -412,7 +422,7 @@ def main() -> None:
         f"(with the BOS), {a.threads} threads, load average {os.getloadavg()[0]:.2f}"
     )
     print(
-        f"{'budget':>7} {'active':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew MB':>8} {'ct MB':>8} {'mem ratio':>9} {'max |dA|':>10} {'max |A|':>9} {'one only':>8}"
+        f"{'budget':>7} {'active':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew MB':>8} {'ct MB':>8} {'mem ratio':>9} {'max |dA|':>10} {'max |A|':>9} {'unsure':>7}"
     )
     quiet = {}
     for b in a.budgets:
@@ -430,7 +440,7 @@ def main() -> None:
         print(
             f"{b:>7} {ours['n_active']:>7} {ours['seconds']:>8.2f} {theirs['seconds']:>8.2f} "
             f"{theirs['seconds'] / ours['seconds']:>8.1f}x {ours['peak_mb']:>8.0f} {theirs['peak_mb']:>8.0f} "
-            f"{theirs['peak_mb'] / ours['peak_mb']:>8.2f}x {diff:>10.2e} {scale:>9.2e} {n_differ:>8}  load {os.getloadavg()[0]:.2f}"
+            f"{theirs['peak_mb'] / ours['peak_mb']:>8.2f}x {diff:>10.2e} {scale:>9.2e} {n_differ:>7}  load {os.getloadavg()[0]:.2f}"
         )
     if a.load:
         loaded(a, ct_python, ids, quiet, tag)
