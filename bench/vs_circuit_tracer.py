@@ -184,7 +184,8 @@ def clew_worker(a: argparse.Namespace) -> None:
     from clew.models.loading import load_folder
 
     model = load_folder(Path(a.model_folder), tokenizer=False)
-    tc = load_transcoder(a.transcoders)
+    # in float32, as circuit-tracer reads it (the organism's are stored in float16)
+    tc = load_transcoder(a.transcoders, dtype=torch.float32)
     ids = torch.tensor(json.loads(a.ids))
     t0 = time.perf_counter()
     graph = trace(model, tc, ids, max_feature_nodes=a.budget, batch_size=a.batch_size, progress=False)
@@ -256,7 +257,7 @@ def clew_active(model_folder: Path, transcoders: Path, ids: list[int]) -> tuple[
     from clew.models.loading import load_folder
 
     model = load_folder(model_folder, tokenizer=False)
-    tc = load_transcoder(transcoders)
+    tc = load_transcoder(transcoders, dtype=torch.float32)
     active, near = set(), set()
     with torch.no_grad():
         cache = model.run(torch.tensor([ids]), record=True).cache
