@@ -73,10 +73,11 @@ def main() -> None:
         store = shipped_store(args.dictionary, tc) if shipped else None
     lines = [
         "| city | state | two-hop | supernode at the city | names the state | p(capital) clean | "
-        "out: p(capital) | control: p(capital) | below control | swap with | top after swap | swap worked |",
-        "|---|---|---|---|---|---:|---:|---:|---|---|---|---|",
+        "out: p(capital) | control: p(capital) | below control | swap with | top after swap | swap worked | "
+        "top after swap, errors live | worked, errors live |",
+        "|---|---|---|---|---|---:|---:|---:|---|---|---|---|---|---|",
     ]
-    tally = {"rows": 0, "named": 0, "below": 0, "swapped": 0, "found": 0}
+    tally = {"rows": 0, "named": 0, "below": 0, "swapped": 0, "live": 0, "found": 0}
     t0 = time.perf_counter()
     for city, state, kind, contrast_city, other in cities(args.states):
         found = circuit_of(model, tc, TEMPLATE.format(city), store, TEMPLATE.format(contrast_city))
@@ -88,10 +89,13 @@ def main() -> None:
         answer = graph.logit_labels[0]
         swapped = swap.top[0].strip() == other.capital.split()[0]
         tally["swapped"] += swapped
+        swapped_live = swap.live[2].strip() == other.capital.split()[0]
+        tally["live"] += swapped_live
+        live = f"{swap.live[2]!r} | {'yes' if swapped_live else 'no'}"
         if not at_city:
             lines.append(
                 f"| {city} | {state.name} | {kind} | none | no | {float(graph.logit_probs[0]):.3f} | | | no | "
-                f"{contrast_city} | {swap.top[0]!r} | {'yes' if swapped else 'no'} |"
+                f"{contrast_city} | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} |"
             )
             continue
         tally["found"] += 1
@@ -109,14 +113,15 @@ def main() -> None:
         lines.append(
             f"| {city} | {state.name} | {kind} | [{best.name}] ({len(best.members)}) | {'yes' if named else 'no'} | "
             f"{float(graph.logit_probs[0]):.3f} {answer!r} | {p_out} | {p_ctl} | {'yes' if below else 'no'} | "
-            f"{contrast_city} ({other.capital}) | {swap.top[0]!r} | {'yes' if swapped else 'no'} |"
+            f"{contrast_city} ({other.capital}) | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} |"
         )
     n = tally["rows"]
     summary = (
         f"\n{n} cities in {args.states} states ({time.perf_counter() - t0:.0f} s): a specific supernode at the city in "
         f"{tally['found']}/{n}; its name names the state in {tally['named']}/{n}; taking it out leaves the "
         f"capital less likely than a matched random group in {tally['below']}/{n}; the swap gives the other "
-        f"state's capital in {tally['swapped']}/{n}."
+        f"state's capital in {tally['swapped']}/{n} in the replacement model (errors frozen) and in "
+        f"{tally['live']}/{n} through the model's own MLPs (errors live)."
     )
 
     # stability: the same graph twice, and neighbouring prune thresholds

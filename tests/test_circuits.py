@@ -111,6 +111,8 @@ def test_claims_constrained_equals_the_graph_and_the_swap_runs(organism, dallas)
     swap = measure_swap(model, tc, circuit, contrast)
     assert swap.n_out > 0 and swap.n_in > 0
     assert swap.p_answer[1] < swap.p_answer[0]  # Austin falls when Texas's specific features go
+    assert swap.live is not None and swap.live[0] < swap.p_answer[0]  # also through the model's own MLPs
+    assert swap.worked and swap.worked_live  # California's features in: Sacramento both ways
 
 
 def test_picture_labels_every_box(dallas, tmp_path):

@@ -655,3 +655,20 @@ def test_convert_command(tmp_path, capsys):
     assert clew.cli.main(["convert", str(tmp_path / "sp"), str(tmp_path / "out")]) == 2  # would overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert clew.cli.main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "o2")]) == 2
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_16_bit_dictionaries_are_upcast_on_a_cpu_unless_asked(tmp_path, half):
+    w = write_ct_clt(tmp_path / "src", threshold=True)
+    tc = load_transcoder(tmp_path / "src")
+    tc.to(dtype=half)  # stored in 16 bits, as many published dictionaries are
+    save_transcoder(tc, tmp_path / "half")
+    for lazy in (True, False):
+        up = load_transcoder(tmp_path / "half", lazy=lazy)
+        assert up.dtype == torch.float32 and up.W_enc.dtype == torch.float32
+        idx = torch.tensor([1, 4])
+        rows = up.decoder_vectors(0, idx, 2)
+        assert rows.dtype == torch.float32  # the values stored, in float32: nothing lost, nothing made up
+        assert torch.equal(rows, w[0]["W_dec_0"][idx, 2].to(half).float())
+        assert torch.equal(up.W_enc[0], w[0]["W_enc_0"].to(half).float())
+    assert load_transcoder(tmp_path / "half", dtype=half).dtype == half  # asked for: kept

@@ -22,7 +22,11 @@ the model does not rely on it.
 With a contrast prompt, the **swap**: the prompt's specific features (every active feature at the
 differing span that the contrast lacks: its specific supernodes and the weaker ones pruning left out)
 zeroed and the contrast's put in at the aligned positions, with their activations there, beside the same
-swap done with matched random features.
+swap done with matched random features. It runs twice: in the replacement model (errors frozen at
+this prompt's values) and through the model's own MLPs (errors live: each MLP's real output plus
+the change the edits make to its reconstruction). The two differ where the dictionary's error at the
+swapped span still carries this prompt's information: a frozen error keeps it, a live one follows
+the new input.
 """
 
 from __future__ import annotations
@@ -84,10 +88,17 @@ class Swap:
     """p(contrast answer): clean, swapped, control-swapped."""
     top: tuple[str, str]
     """Top token after the swap and after the control swap."""
+    live: tuple[float, float, str] | None = None
+    """The same swap through the model's own MLPs (errors live): p(answer), p(contrast answer), top
+    token."""
 
     @property
     def worked(self) -> bool:
         return self.top[0] == self.contrast_answer
+
+    @property
+    def worked_live(self) -> bool:
+        return self.live is not None and self.live[2] == self.contrast_answer
 
 
 @dataclass
@@ -118,6 +129,11 @@ class Claims:
                 f"p({s.contrast_answer!r}) {s.p_contrast[0]:.3f} → {s.p_contrast[1]:.3f} (control {s.p_contrast[2]:.3f}); "
                 f"top token {s.top[0]!r} (control {s.top[1]!r})"
             )
+            if s.live is not None:
+                lines.append(
+                    f"the same swap through the model's own MLPs (errors live): p({s.answer!r}) {s.live[0]:.3f}, "
+                    f"p({s.contrast_answer!r}) {s.live[1]:.3f}; top token {s.live[2]!r}"
+                )
         return "\n".join(lines)
 
 
@@ -193,9 +209,9 @@ def measure_swap(
     out_nodes, in_nodes = specific(a, b), specific(b, a)
     rows_a, rows_b = feature_rows(a, out_nodes), feature_rows(b, in_nodes)
     tokens = a.tokens.to(model.embed.weight.device)
-    swap = intervene(
-        model, tc, tokens, Interventions(zero_edits(rows_a) + put_edits(rows_b, to_a)), errors="frozen"
-    )
+    edits = Interventions(zero_edits(rows_a) + put_edits(rows_b, to_a))
+    swap = intervene(model, tc, tokens, edits, errors="frozen")
+    live = intervene(model, tc, tokens, edits, errors="live")
     gen = torch.Generator().manual_seed(seed)
     ctrl_a, ctrl_b = matched_controls(a, rows_a, gen), matched_controls(b, rows_b, gen)
     control = intervene(
@@ -216,4 +232,5 @@ def measure_swap(
         (float(swap.probs(clean=True)[ta]), float(swap.probs()[ta]), float(control.probs()[ta])),
         (float(swap.probs(clean=True)[tb]), float(swap.probs()[tb]), float(control.probs()[tb])),
         (decode(int(swap.logits.argmax())), decode(int(control.logits.argmax()))),
+        (float(live.probs()[ta]), float(live.probs()[tb]), decode(int(live.logits.argmax()))),
     )

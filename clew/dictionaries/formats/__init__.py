@@ -60,7 +60,8 @@ def load_transcoder(
     """Load a dictionary of any known layout.
 
     ``lazy``: keep the decoders on disk and read the rows asked for (safetensors files only; ``.npz``
-    decoders are always read in full). ``dtype``: ``None`` keeps the stored precision.
+    decoders are always read in full). ``dtype``: ``None`` keeps the stored precision, except that
+    16-bit weights are upcast to float32 on a CPU (:func:`~clew.dictionaries.formats.common.stored_precision`).
     """
     root = resolve(path)
     if not root.exists():

@@ -167,6 +167,19 @@ class Facts:
             raise ClewError(f"{where}: {name} is {value!r} but other files say {old!r}")
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def stored_precision(weights: torch.Tensor, device: torch.device | str | None) -> torch.dtype:
+    """The precision a dictionary is kept in when none is asked for: the stored one, except that 16-bit
+    weights are upcast to float32 on a CPU, where 16-bit products are several times slower than
+    float32 (``bench/bfloat16.py``); the price is twice the memory. On CUDA they stay as stored."""
+    if not weights.is_floating_point():
+        return torch.float32
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    return torch.float32 if on_cpu and weights.dtype in HALF else weights.dtype
+
+
 def assemble(
     facts: Facts,
     parts: dict[int, LayerParts],
@@ -219,7 +232,7 @@ def assemble(
     if absent:
         raise ClewError(f"{facts.where}: no files for layers {absent}")
     if dtype is None:
-        dtype = first.W_enc.dtype if first.W_enc.is_floating_point() else torch.float32
+        dtype = stored_precision(first.W_enc, device)
     lazy_decoders = None
     if lazy and all(isinstance(parts[layer].W_dec, LazyDecoder) for layer in cfg.layers):
         lazy_decoders = {layer: parts[layer].W_dec for layer in cfg.layers}
