@@ -21,7 +21,9 @@ with 2 threads; time is the attribution call alone, memory the process's peak re
 includes the model). circuit-tracer drops the features and error of position 0 (the prepended
 token); edges are compared on the nodes both graphs have. On Gemma, circuit-tracer's embedding
 columns lack the model's embedding scale (sqrt(d_model)), so its embedding edges are left out of the
-comparison.
+comparison. Both read the dictionary in float32. ``unsure`` counts the features within rounding of
+their threshold or active in one tool only, whose error nodes are left out (``compare``); each row
+ends with the load average, since a busy machine moves both tools' times.
 """
 
 from __future__ import annotations
