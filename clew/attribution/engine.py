@@ -14,6 +14,9 @@ Shapes: B targets in a batch, P positions, D d_model, C columns (sources).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -21,6 +24,20 @@ from torch import Tensor
 from clew.replacement import LocalReplacement, Targets
 
 __all__ = ["Engine", "Targets"]
+
+
+@contextmanager
+def one_thread_each() -> Iterator[None]:
+    """Operations on one thread each while inside (torch's thread count is the process's): the chunks
+    of a batch then run in parallel threads of their own, each never waiting at a barrier for a
+    partner. On a busy machine a descheduled partner stalls every barrier of a shared operation; here
+    a slow thread only delays its own chunk."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Engine(LocalReplacement):
@@ -60,18 +77,29 @@ class Engine(LocalReplacement):
             out.zero_()
         order, sizes = self.batch_order(targets.layer, targets.pos)
         in_place = bool((order == torch.arange(B, device=order.device)).all())
-        start = 0
-        with torch.no_grad():
-            for n in sizes:
-                chunk = order[start : start + n]
-                part = Targets(targets.layer[chunk], targets.pos[chunk], targets.vectors[chunk])
-                if in_place:
-                    self._rows(part, out[start : start + n])
-                else:
-                    out[chunk] = self._rows(
-                        part, torch.zeros(n, self.n_columns, dtype=self.dtype, device=self.device)
-                    )
-                start += n
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+
+        @torch.no_grad()
+        def chunk_rows(i: int) -> None:
+            chunk = order[starts[i] : starts[i] + sizes[i]]
+            part = Targets(targets.layer[chunk], targets.pos[chunk], targets.vectors[chunk])
+            if in_place:
+                self._rows(part, out[starts[i] : starts[i] + sizes[i]])
+            else:
+                out[chunk] = self._rows(
+                    part, torch.zeros(sizes[i], self.n_columns, dtype=self.dtype, device=self.device)
+                )
+
+        workers = min(torch.get_num_threads(), len(sizes)) if self.device.type == "cpu" else 1
+        if workers <= 1:
+            for i in range(len(sizes)):
+                chunk_rows(i)
+            return out
+        for layer in range(self.n_layers):  # prepared once, before the threads share them
+            self.backward.weights(layer)
+        # the chunks run side by side, one thread each, latest positions (the costliest) first
+        with one_thread_each(), ThreadPoolExecutor(workers, thread_name_prefix="clew-rows") as pool:
+            list(pool.map(chunk_rows, reversed(range(len(sizes)))))
         return out
 
     def _rows(self, targets: Targets, rows: Tensor) -> Tensor:
