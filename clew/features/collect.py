@@ -315,16 +315,23 @@ def _flat_nonzero(mask: Tensor) -> Tensor:
     return w[sub[:, 0]] * 8 + sub[:, 1]
 
 
+def _threshold(tc: Transcoder, layer: int) -> Tensor | None:
+    """Layer's per-feature threshold when the nonlinearity is one (JumpReLU, BatchTopK at inference),
+    else None."""
+    if tc.cfg.activation in ("jumprelu", "batchtopk") and tc.threshold is not None:
+        return tc.threshold[tc.slot(layer)]
+    return None
+
+
 def _encode_active(tc: Transcoder, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`_encode` and where its result is positive, with one comparison for the two when the
-    nonlinearity is a threshold (``[B, P, F]`` each)."""
-    kind = tc.cfg.activation
-    if kind in ("jumprelu", "batchtopk") and tc.threshold is not None:
+    """:func:`_encode` (float32) and where its result is positive, ``[B, P, F]`` each, with one
+    comparison for the two when the nonlinearity is a threshold of no negative value (a NaN
+    pre-activation then counts as inactive, as the store always counted it)."""
+    thr = _threshold(tc, layer)
+    if thr is not None and bool((thr >= 0).all()):
         pre = tc.pre_activations(layer, x).float()
-        thr = tc.threshold[tc.slot(layer)].float()
-        if bool((thr >= 0).all()):
-            active = pre > thr
-            return pre.masked_fill_(~active, 0.0), active
+        active = pre > thr.float()
+        return pre.masked_fill_(~active, 0.0), active
     acts = _encode(tc, layer, x).float()
     return acts, acts > 0
 
@@ -333,11 +340,11 @@ def _encode(tc: Transcoder, layer: int, x: Tensor) -> Tensor:
     """``tc.encode(layer, x)``, with the threshold (JumpReLU, BatchTopK at inference) or ReLU applied in
     place on the pre-activations (no second ``[B, P, F]`` tensor); the same values."""
     pre = tc.pre_activations(layer, x)
-    kind = tc.cfg.activation
-    if kind == "relu":
+    if tc.cfg.activation == "relu":
         return pre.relu_()
-    if kind in ("jumprelu", "batchtopk") and tc.threshold is not None:
-        return pre.masked_fill_(pre <= tc.threshold[tc.slot(layer)], 0.0)
+    thr = _threshold(tc, layer)
+    if thr is not None:
+        return pre.masked_fill_(pre <= thr, 0.0)
     return tc.activate(layer, pre)
 
 
@@ -527,14 +534,6 @@ def fold(state: LayerState, found: Found, acts: Tensor, batch: Batch, cfg: Colle
     if rows.numel():
         fields = {"pri": rp, "val": found.rnd_val, "ctx": torch.where(sampled, ctx[rb], -1), "pos": rpos}
         _merge(state, "rnd", rows, fields, sampled, rb, rpos, acts, tokens, lengths, cfg)
-
-
-def update(
-    state: LayerState, acts: Tensor, batch: Batch, layer: int, cfg: CollectConfig, edges: Tensor
-) -> None:
-    """Fold one batch's activations ``[B, P, F]`` of one layer into ``state`` (:func:`find`, then
-    :func:`fold`; ``acts`` is zeroed in place at BOS and padding)."""
-    fold(state, find(acts, batch, layer, cfg, edges, state.rnd_pri.amax(1)), acts, batch, cfg)
 
 
 # ----- logit effects ---------------------------------------------------------------------------------------
