@@ -613,7 +613,6 @@ def collect(
     exists (a killed run), collection resumes from its last checkpoint. ``on_block(docs_done)`` is
     called after every block (tests use it to stop a run).
     """
-    from clew.allocator import keep_freed_memory
     from clew.features.labels import auto_labels
 
     cfg = cfg or CollectConfig()
@@ -629,7 +628,6 @@ def collect(
     workers = threads if device.type == "cpu" else 1
     if device.type == "cpu":
         torch.set_num_threads(1 if workers > 1 else threads)
-        keep_freed_memory()  # the same blocks come and go every batch: no fresh, zeroed pages for each
     if cfg.batch_tokens is None:
         cfg.batch_tokens = 32768 if device.type == "cuda" else 4096
     model.to(device)
