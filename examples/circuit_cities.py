@@ -87,9 +87,10 @@ def main() -> None:
         tally["rows"] += 1
         swap = claims.swap
         answer = graph.logit_labels[0]
-        swapped = swap.top[0].strip() == other.capital.split()[0]
+        swapped, swapped_live = (
+            top.strip() == other.capital.split()[0] for top in (swap.top[0], swap.live[2])
+        )
         tally["swapped"] += swapped
-        swapped_live = swap.live[2].strip() == other.capital.split()[0]
         tally["live"] += swapped_live
         live = f"{swap.live[2]!r} | {'yes' if swapped_live else 'no'}"
         if not at_city:
