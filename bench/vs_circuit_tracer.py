@@ -163,7 +163,9 @@ def prompt_ids(model_folder: Path, prompt: str, n_tokens: int | None) -> list[in
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     if n_tokens is not None:  # a longer prompt: a passage repeated, then the question
         filler = tok(" Dallas is a city in Texas, and Austin is its capital." * 200, add_special_tokens=False)
-        ids = filler["input_ids"][: n_tokens - 1 - len(ids)] + ids
+        need = n_tokens - 1 - len(ids)
+        filler = filler["input_ids"] * (1 + need // len(filler["input_ids"]))
+        ids = filler[:need] + ids
     return [bos] + ids
 
 

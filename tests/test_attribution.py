@@ -152,3 +152,39 @@ def test_rows_in_any_order_equal_rows_in_batch_order(models):
     back = torch.tensor([where[int(v)] for v in ordered])
     assert (in_order - shuffled[back]).abs().max() <= 1e-5 * in_order.abs().max()
     assert (in_order[::9] - one_by_one).abs().max() <= 1e-5 * in_order.abs().max()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_long_prompt_memory_savers_are_exact(models, family, monkeypatch):
+    """What long prompts do to bound memory (patterns rebuilt block by block instead of kept, the
+    pattern's transpose by query blocks, rows in a file) must give the graph of the plain path."""
+    import sys
+
+    import clew.replacement.backward as backward
+    import clew.replacement.local as local
+
+    model = models[family]
+    tc = random_transcoder(model.cfg, "plt-jumprelu", n_features=16)
+    long = prompt(n=50, seed=4)
+    plain = trace(model, tc, long, max_feature_nodes=60, batch_size=32, progress=False)
+    monkeypatch.setattr(backward, "QUERY_BLOCK", 7)  # 8 blocks, the last one short
+    monkeypatch.setattr(local, "KEPT_PATTERNS_BYTES", 0)
+    spilled = []
+    tracing = sys.modules["clew.attribution.trace"]
+    monkeypatch.setattr(tracing, "should_spill", lambda n: spilled.append(n) or True)
+    saver = trace(model, tc, long, max_feature_nodes=60, batch_size=32, progress=False)
+    assert spilled, "the rows were not put in a file"
+    assert torch.equal(saver.features, plain.features)
+    assert (saver.adjacency - plain.adjacency).abs().max() <= 1e-5 * plain.adjacency.abs().max()
+    assert check_graph(model, tc, saver, max_sources=40).max_edge_error < TOL
+
+
+def test_patterns_rebuilt_equal_the_kept_ones(models):
+    model = models["gemma3"]  # sliding windows, query/key norms and soft-capping, if configured
+    tokens = prompt(n=30, seed=2)[None]
+    kept = model.run(tokens, record=True).cache.patterns
+    rebuilt = model.run(tokens, record=True, keep_patterns=False).cache.patterns
+    assert rebuilt.kept is False and len(rebuilt) == len(kept) == model.cfg.n_layers
+    for layer in range(len(kept)):
+        assert torch.allclose(rebuilt[layer], kept[layer], atol=1e-6)
+        assert torch.allclose(rebuilt.rows(layer, 11, 20), kept[layer][:, :, 11:20, :20], atol=1e-6)

@@ -34,16 +34,18 @@ def propagate(rows: Tensor, sums: Tensor, x: Tensor) -> Tensor:
     return out
 
 
-def influence(rows: Tensor, row_nodes: Tensor, start: Tensor, max_steps: int = 10_000) -> Tensor:
+def influence(
+    rows: Tensor, row_nodes: Tensor, start: Tensor, max_steps: int = 10_000, sums: Tensor | None = None
+) -> Tensor:
     """(n_nodes,) ``sum_k start A^k`` for k >= 1: how much of the start weight flows through each node.
 
     ``rows`` (R, n_nodes) are the stored rows of A, ``row_nodes`` (R,) their node indices (-1 for a
     row whose node is no column, such as a logit), ``start`` (R,) the initial weight on each row's
     node (the logit probabilities on logit rows, zero elsewhere). Weight only flows on through nodes
     that have rows, so the series is iterated on the small (R, R) block of A among them, and the full
-    width of A is read once at the end.
+    width of A is read once at the end. ``sums``: the rows' :func:`row_sums`, when already known.
     """
-    sums = row_sums(rows)
+    sums = row_sums(rows) if sums is None else sums
     has = row_nodes >= 0
     among = torch.zeros(len(rows), len(rows), device=rows.device)
     among[:, has] = rows[:, row_nodes[has]].abs().float() / sums[:, None]  # (R, R)

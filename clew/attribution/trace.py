@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 
 from clew.attribution.engine import Engine
 from clew.attribution.graph import Graph
-from clew.attribution.prune import influence
+from clew.attribution.prune import influence, row_sums
+from clew.attribution.spill import should_spill, zeros_on_disk
 from clew.dictionaries import Transcoder
 from clew.errors import ClewError
 from clew.models import Transformer
@@ -123,12 +125,17 @@ def trace(
     batch_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    spill_dir: str | Path | None = None,
 ) -> Graph:
     """Compute the attribution graph of ``prompt`` through the model with its MLPs replaced by ``transcoder``.
 
     Targets are the top next tokens until their probabilities reach ``desired_logit_prob`` (at most
     ``max_n_logits``), or the given ``targets`` tokens, or the difference of two tokens' logits
     (``contrast``), or any ``direction`` (D,) at the final norm's output.
+
+    Rows that would fill more than half of the available memory are kept in a temporary file in
+    ``spill_dir`` (the system's temporary folder when None), removed as soon as it is opened
+    (:mod:`clew.attribution.spill`).
     """
     started = time.perf_counter()
     for name, value in (("max_n_logits", max_n_logits), ("batch_size", batch_size)):
@@ -148,8 +155,15 @@ def trace(
     N = engine.n_features
     budget = N if max_feature_nodes is None else min(max_feature_nodes, N)
     dev = engine.device
-    rows = torch.zeros(T + budget, engine.n_columns, dtype=dtype, device=dev)  # logit rows, then feature rows
+    shape = (T + budget, engine.n_columns)  # logit rows, then feature rows
+    n_bytes = shape[0] * shape[1] * torch.empty(0, dtype=dtype).element_size()
+    if dev.type == "cpu" and should_spill(n_bytes):
+        rows = zeros_on_disk(shape, dtype, spill_dir)
+    else:
+        rows = torch.zeros(shape, dtype=dtype, device=dev)
     engine.rows(logit_targets, out=rows[:T])
+    sums = torch.zeros(T + budget, device=dev)  # each row's absolute sum, taken while it is fresh
+    sums[:T] = row_sums(rows[:T])
     visited = torch.zeros(N, dtype=torch.bool, device=dev)
     order: list[Tensor] = []
     done = 0
@@ -160,10 +174,11 @@ def trace(
         if budget == N:  # every feature gets a row: take them in (layer, position) order
             batch = torch.arange(done, min(done + batch_size, N), device=dev)
         else:
-            batch = _most_influential(engine, rows[: T + done], chosen, order, visited)
+            batch = _most_influential(engine, rows[: T + done], sums[: T + done], chosen, order, visited)
             batch = batch[: min(batch_size, budget - done)]
         batch = batch[engine.batch_order(engine.feat_layer[batch], engine.feat_pos[batch])[0]]  # in place
         engine.rows(engine.feature_targets(batch), out=rows[T + done : T + done + len(batch)])
+        sums[T + done : T + done + len(batch)] = row_sums(rows[T + done : T + done + len(batch)])
         visited[batch] = True
         order.append(batch)
         done += len(batch)
@@ -206,7 +221,12 @@ def _check_forward(engine: Engine) -> None:
 
 
 def _most_influential(
-    engine: Engine, rows: Tensor, chosen: list[LogitTarget], order: list[Tensor], visited: Tensor
+    engine: Engine,
+    rows: Tensor,
+    sums: Tensor,
+    chosen: list[LogitTarget],
+    order: list[Tensor],
+    visited: Tensor,
 ) -> Tensor:
     """Unvisited features by descending influence on the logits through the rows computed so far
     (``rows``: the logit rows, then the visited features' rows in visiting order)."""
@@ -217,7 +237,7 @@ def _most_influential(
     start = torch.cat(
         [torch.tensor([t.prob for t in chosen], device=dev), torch.zeros(len(done), device=dev)]
     )
-    inf = influence(rows, row_nodes, start)[: engine.n_features]
+    inf = influence(rows, row_nodes, start, sums=sums)[: engine.n_features]
     inf[visited] = -1.0
     return torch.argsort(inf, descending=True)[: int((~visited).sum())]
 
@@ -243,9 +263,10 @@ def _assemble(
     Nf, S = layout.n_features, layout.n_sources
     columns = layout.columns_in(engine.layout, selected)  # each graph source's engine column
     adjacency = torch.zeros(Nf + layout.n_logits, layout.n_nodes, dtype=feature_rows.dtype)  # in host memory
-    for i in range(0, Nf, 1024):  # in chunks, so that no second copy of all rows is ever made
-        chunk = feature_rows[perm[i : i + 1024]][:, columns]
-        adjacency[i : min(i + 1024, Nf), :S] = chunk.cpu()
+    step = max(1, min(1024, 2**28 // max(1, feature_rows.shape[1])))  # chunks of at most 1 GB of rows
+    for i in range(0, Nf, step):  # so that no second copy of all rows is ever made
+        chunk = feature_rows[perm[i : i + step]][:, columns]
+        adjacency[i : min(i + step, Nf), :S] = chunk.cpu()
     adjacency[Nf:, :S] = logit_rows[:, columns].cpu()
     features = torch.stack(
         [engine.feat_layer[selected], engine.feat_pos[selected], engine.feat_index[selected]], 1

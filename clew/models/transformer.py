@@ -11,7 +11,7 @@ The MLP of every layer can be replaced by a caller's function (the transcoders p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,11 +39,77 @@ class MLPReplacement(Protocol):
 class Frozen:
     """The nonlinear quantities of one prompt, replayed by a frozen forward pass."""
 
-    patterns: list[Tensor]
-    """Per layer, the attention pattern (B, H, P, P) after softmax."""
+    patterns: Sequence[Tensor]
+    """Per layer, the attention pattern (B, H, P, P) after softmax (a :class:`Patterns` when recorded)."""
     scales: dict[str, Tensor]
     """Per normalisation (``"3.ln1"``, ``"3.attn_post"``, ``"3.ln2"``, ``"3.mlp_post"``, ``"final"``),
     the factor (B, P, 1) that multiplies the (centred) input: 1/rms or 1/std."""
+
+
+class Patterns(Sequence[Tensor]):
+    """Per layer, a recorded pass's attention pattern (B, H, P, P): kept, or recomputed on each access.
+
+    Kept, they take L x H x P^2 floats: 18 GB for SmolLM2-135M at 4,096 tokens. Not kept
+    (``model.run(..., keep_patterns=False)``), a pattern is rebuilt from the layer's recorded input
+    and pre-attention norm scale, both per position, so the same values come back (up to the order
+    of the softmax's sum when only some rows are asked for). :meth:`rows` gives the rows of some
+    queries over the keys they can see, without ever forming the whole square.
+    """
+
+    def __init__(self, model: Transformer | None = None, cache: ActivationCache | None = None):
+        self._model, self._cache = model, cache  # both given: recomputed rather than kept
+        self._kept: list[Tensor] = []
+        self._n = 0
+
+    @property
+    def kept(self) -> bool:
+        return self._model is None
+
+    def append(self, pattern: Tensor) -> None:
+        if self.kept:
+            self._kept.append(pattern)
+        self._n += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (self[layer] for layer in range(len(self)))
+
+    def __getitem__(self, layer: int) -> Tensor:  # type: ignore[override]
+        if self.kept:
+            return self._kept[layer]
+        if not 0 <= layer < self._n:
+            raise IndexError(layer)
+        P = self._cache.resid_pre[layer].shape[1]  # type: ignore[union-attr]
+        return self.rows(layer, 0, P)
+
+    def rows(self, layer: int, start: int, stop: int) -> Tensor:
+        """(B, H, stop - start, stop): the pattern of queries ``start .. stop-1`` over keys ``0 .. stop-1``
+        (a causal pattern is zero beyond them)."""
+        return next(self.blocks(layer, stop, stop - start, start))[2]
+
+    def blocks(
+        self, layer: int, P: int, size: int, first: int = 0
+    ) -> Iterator[tuple[int, int, Tensor]]:
+        """The pattern of queries ``first .. P-1`` in blocks of ``size``: ``(start, stop, rows)`` with rows
+        (B, H, stop - start, stop) over the keys those queries can see. Rebuilt, the queries and keys
+        are computed once for all blocks and the square is never formed whole."""
+        starts = range(first, P, size)
+        if self.kept:
+            for start in starts:
+                stop = min(start + size, P)
+                yield start, stop, self._kept[layer][:, :, start:stop, :stop]
+            return
+        model, cache = self._model, self._cache
+        assert model is not None and cache is not None
+        attn, resid = model.blocks[layer].attn, cache.resid_pre[layer]
+        x = model.blocks[layer].ln1(resid[:, :P], cache.scales[f"{layer}.ln1"][:, :P])
+        rope = model.rope(layer, resid.shape[1], x)  # the whole prompt's, cached once; rows 0..P-1
+        q, k = attn.queries_keys(x, None if rope is None else (rope[0][:P], rope[1][:P]))
+        for start in starts:
+            stop = min(start + size, P)
+            yield start, stop, attn.pattern_rows(q[:, :, start:stop], k[:, :, :stop], start)
 
 
 @dataclass
@@ -60,15 +126,15 @@ class ActivationCache:
     """The MLP module's output, before any post-MLP norm."""
     mlp_delta: list[Tensor] = field(default_factory=list)
     """What the MLP branch adds to the residual stream (after any post-MLP norm)."""
-    patterns: list[Tensor] = field(default_factory=list)
-    """Attention patterns (B, H, P, P)."""
+    patterns: Patterns = field(default_factory=lambda: Patterns())
+    """Attention patterns (B, H, P, P), kept or recomputed on access (:class:`Patterns`)."""
     scales: dict[str, Tensor] = field(default_factory=dict)
     """Every normalisation's scale (B, P, 1), keyed as in :class:`Frozen`."""
     resid_final: Tensor | None = None
     """The residual stream entering the final norm."""
 
     def frozen(self) -> Frozen:
-        return Frozen(patterns=list(self.patterns), scales=dict(self.scales))
+        return Frozen(patterns=self.patterns, scales=dict(self.scales))
 
     def read(self, point: str, layer: int) -> Tensor:
         """(B, P, D) what a dictionary reading at ``point`` (``resid_mid``, ``mlp_in``) sees at ``layer``."""
@@ -154,22 +220,29 @@ class Attention(nn.Module):
 
     def pattern(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """(B, P, D) normalised input -> attention pattern (B, H, P, P)."""
-        cfg = self.cfg
-        P = x.shape[1]
         q, k = self.queries_keys(x, rope)
-        k = k.repeat_interleave(cfg.n_heads // cfg.n_kv_heads, dim=1)  # (B, H, P, E)
-        scores = (q @ k.transpose(-1, -2)) * cfg.scale  # (B, H, P, P)
+        return self.pattern_rows(q, k, 0)
+
+    def pattern_rows(self, q: Tensor, k: Tensor, start: int) -> Tensor:
+        """Queries (B, H, n, E) of positions ``start .. start+n-1`` and keys (B, K, m, E) of positions
+        ``0 .. m-1`` -> their rows of the attention pattern (B, H, n, m)."""
+        cfg = self.cfg
+        k = k.repeat_interleave(cfg.n_heads // cfg.n_kv_heads, dim=1)  # (B, H, m, E)
+        scores = (q @ k.transpose(-1, -2)) * cfg.scale  # (B, H, n, m)
         if cfg.attn_softcap is not None:
             scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
-        scores = scores.masked_fill(~self.mask(P, x.device), float("-inf"))
-        return torch.softmax(scores.float(), dim=-1).to(x.dtype)
+        allowed = self.mask(k.shape[2], q.device, start, q.shape[2])
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        return torch.softmax(scores.float(), dim=-1).to(q.dtype)
 
-    def mask(self, P: int, device: torch.device) -> Tensor:
-        """(P, P) True where query q may see key k: causal, and within the window on sliding layers."""
-        i = torch.arange(P, device=device)
-        allowed = i[None, :] <= i[:, None]
+    def mask(self, P: int, device: torch.device, start: int = 0, n: int | None = None) -> Tensor:
+        """(n, P) True where query q (of ``start .. start+n-1``; all P by default) may see key k (of
+        ``0 .. P-1``): causal, and within the window on sliding layers."""
+        i = torch.arange(start, start + (P - start if n is None else n), device=device)[:, None]
+        j = torch.arange(P, device=device)[None, :]
+        allowed = j <= i
         if self.sliding and self.cfg.sliding_window is not None:
-            allowed &= i[:, None] - i[None, :] < self.cfg.sliding_window
+            allowed &= i - j < self.cfg.sliding_window
         return allowed
 
     def values(self, x: Tensor) -> Tensor:
@@ -249,8 +322,11 @@ class _Pass:
         frozen: Frozen | None,
         mlp: MLPReplacement | None,
         edit: ResidualEdit | None = None,
+        recompute: Transformer | None = None,
     ):
         self.cache = ActivationCache() if record else None
+        if self.cache is not None and recompute is not None:  # patterns rebuilt on access, not kept
+            self.cache.patterns = Patterns(recompute, self.cache)
         self.frozen, self.mlp, self.edit = frozen, mlp, edit
 
     def norm(self, name: str, module: Norm, x: Tensor) -> Tensor:
@@ -291,10 +367,12 @@ class Transformer(nn.Module):
         frozen: Frozen | None = None,
         mlp: MLPReplacement | None = None,
         edit: ResidualEdit | None = None,
+        keep_patterns: bool = True,
     ) -> RunResult:
-        """The full forward pass; ``record`` keeps an :class:`ActivationCache`, ``frozen`` replays one,
+        """The full forward pass; ``record`` keeps an :class:`ActivationCache` (its attention patterns
+        recomputed on access rather than kept when not ``keep_patterns``), ``frozen`` replays one,
         ``mlp`` replaces the MLPs, ``edit`` changes the residual stream entering each block."""
-        state = _Pass(record, frozen, mlp, edit)
+        state = _Pass(record, frozen, mlp, edit, None if keep_patterns else self)
         resid = self.embed_tokens(tokens)  # (B, P, D)
         resid = self.run_layers(resid, 0, self.cfg.n_layers, state=state)
         logits = self.unembed_resid(resid, state)

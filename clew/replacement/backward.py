@@ -22,6 +22,9 @@ from clew.models import ActivationCache, Transformer
 from clew.models.points import Point, read_point, write_point
 from clew.models.transformer import Norm
 
+QUERY_BLOCK = 256
+"""Queries per block in :meth:`Backward.pattern_t` for prompts longer than twice this."""
+
 
 def norm_transpose(norm: Norm, scale: Tensor, g: Tensor, weight: Tensor | None = None) -> Tensor:
     """The transpose of a frozen norm: a gradient at its output -> at its input. ``scale`` broadcasts
@@ -143,12 +146,27 @@ class Backward:
         P, B, _ = grad.shape
         g = self.norm_t(layer, "attn_post", grad) if "attn_post" in w.norms else grad
         z = (g @ w.o).view(P, B, H, E).permute(2, 0, 1, 3).reshape(H, P, B * E)  # (H, Pq, B*E)
-        pattern = self.cache.patterns[layer][0, :, :P, :P].to(g.dtype)  # (H, Pq, Pk)
-        z = torch.bmm(pattern.transpose(1, 2), z)  # (H, Pk, B*E): each key gathers from its queries
+        z = self.pattern_t(layer, z)  # (H, Pk, B*E): each key gathers from its queries
         z = z.view(K, H // K, P, B, E).sum(1)  # (K, Pk, B, E): heads sharing a key/value head
         z = z.permute(1, 2, 0, 3).reshape(P * B, K * E)
         g = (z @ w.v).view(P, B, -1)  # (P, B, D)
         return self.norm_t(layer, "ln1", g)
+
+    def pattern_t(self, layer: int, z: Tensor) -> Tensor:
+        """(H, Pq, X) -> (H, Pk, X): the transpose of layer's frozen pattern over the first P positions.
+
+        Long prompts go by blocks of queries, each against only the keys it can see: the causal
+        pattern's zero upper triangle is skipped (about half the work), and a pattern that is not kept
+        is rebuilt a block at a time."""
+        P = z.shape[1]
+        size = P if P <= 2 * QUERY_BLOCK else QUERY_BLOCK  # short prompts: one product
+        blocks = self.cache.patterns.blocks(layer, P, size)
+        if size == P:
+            return torch.bmm(next(blocks)[2][0].to(z.dtype).transpose(1, 2), z)
+        out = torch.zeros_like(z)
+        for start, stop, rows in blocks:  # rows (1, H, stop - start, stop)
+            out[:, :stop].baddbmm_(rows[0].to(z.dtype).transpose(1, 2), z[:, start:stop])
+        return out
 
     def attention_t_by_head(self, layer: int, grad: Tensor, pos: int) -> Tensor:
         """(P, H, D): a gradient (P, 1, D) that is nonzero only at query position ``pos``, carried through
@@ -161,7 +179,8 @@ class Backward:
         w_v = w.v.view(K, E, -1)[torch.arange(H, device=z.device) // (H // K)]  # (H, E, D) per query head
         u = torch.einsum("he,hed->hd", z, w_v)  # (H, D) through W_V
         P = grad.shape[0]
-        pattern = self.cache.patterns[layer][0, :, pos, :P].to(u.dtype)  # (H, P): the query at pos
+        pattern = self.cache.patterns.rows(layer, pos, pos + 1)[0, :, 0].to(u.dtype)  # (H, pos + 1)
+        pattern = torch.nn.functional.pad(pattern, (0, P - pos - 1))  # (H, P): the query at pos
         per_key = pattern.T[:, :, None] * u[None]  # (P, H, D)
         return self.norm_t(layer, "ln1", per_key)
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from clew.dictionaries import Transcoder
 from clew.errors import ClewError
-from clew.models import ActivationCache, Transformer
+from clew.models import ActivationCache, ModelConfig, Transformer
 from clew.replacement.backward import Backward, WriteSources
 from clew.replacement.layout import NodeLayout
 
@@ -35,6 +35,17 @@ class Targets:
 
     def __len__(self) -> int:
         return len(self.pos)
+
+
+KEPT_PATTERNS_BYTES = 2 * 2**30
+"""Attention patterns up to this size (all layers, float32) are kept after the clean run; beyond it
+(SmolLM2-135M past about 1,400 tokens) they are rebuilt block by block when used
+(:class:`clew.models.Patterns`), so memory stays linear in the prompt's length."""
+
+
+def keeps_patterns(cfg: ModelConfig, n_pos: int) -> bool:
+    """Whether the clean run keeps its attention patterns for a prompt of ``n_pos`` tokens."""
+    return cfg.n_layers * cfg.n_heads * n_pos * n_pos * 4 <= KEPT_PATTERNS_BYTES
 
 
 class LocalReplacement:
@@ -67,7 +78,7 @@ class LocalReplacement:
         self.cross_layer = tc_cfg.kind == "clt"
         self.tokens = tokens
         with torch.no_grad():
-            result = model.run(tokens, record=True)
+            result = model.run(tokens, record=True, keep_patterns=keeps_patterns(cfg, tokens.shape[1]))
         assert result.cache is not None
         self.cache: ActivationCache = result.cache
         self.logits: Tensor = result.logits[0]  # (P, V)
@@ -88,13 +99,11 @@ class LocalReplacement:
 
     def _find_nodes(self) -> None:
         L, P = self.n_layers, self.n_pos
-        self.pre_acts: list[Tensor] = []  # per layer (P, F): feature pre-activations
         acts: dict[int, Tensor] = {}
         layers, positions, indices, values = [], [], [], []
         for layer in range(L):
             pre = self.tc.pre_activations(layer, self.read_input(layer))
             act = self.tc.activate(layer, pre)
-            self.pre_acts.append(pre)
             acts[layer] = act
             pos, idx = act.nonzero(as_tuple=True)
             layers.append(torch.full_like(pos, layer))
