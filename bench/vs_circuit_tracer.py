@@ -34,6 +34,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,30 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class AnonymousPeak:
+    """The largest anonymous resident memory (``RssAnon``: not the pages of mapped files, such as rows
+    kept on disk, which the kernel can drop) seen while it runs, sampled every 0.2 s on Linux."""
+
+    def __init__(self):
+        self.peak_mb, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        status = Path("/proc/self/status")
+        while not self._stop.wait(0.2):
+            try:
+                line = next(l for l in status.read_text().splitlines() if l.startswith("RssAnon:"))
+            except (OSError, StopIteration):
+                return
+            self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+
 def clew_worker(a: argparse.Namespace) -> None:
     from clew.cli import sleep_when_busy
 
@@ -191,15 +216,19 @@ def clew_worker(a: argparse.Namespace) -> None:
     # in float32, as circuit-tracer reads it (the organism's are stored in float16)
     tc = load_transcoder(a.transcoders, dtype=torch.float32)
     ids = torch.tensor(json.loads(a.ids))
+    anonymous = AnonymousPeak()
     t0 = time.perf_counter()
     graph = trace(model, tc, ids, max_feature_nodes=a.budget, batch_size=a.batch_size, progress=False)
     seconds = time.perf_counter() - t0
+    anonymous_mb = anonymous.stop()
     graph.save(a.out)
     print(
         json.dumps(
             {
                 "seconds": seconds,
                 "peak_mb": peak_mb(),
+                "peak_anonymous_mb": anonymous_mb,
+                "rows_on_disk": graph.settings["rows_on_disk"],
                 "n_active": graph.settings["n_active_features"],
                 "passive": passive,
             }
@@ -411,12 +440,15 @@ def main() -> None:
     if a.scale:
         budget = a.budget or 4096
         print(f"clew alone, budget {budget} feature nodes, {a.threads} threads")
-        print(f"{'tokens':>7} {'active':>8} {'time s':>8} {'peak MB':>8} {'MB/token':>9}")
+        print(
+            f"{'tokens':>7} {'active':>8} {'time s':>8} {'peak MB':>8} {'MB/token':>9} {'anon MB':>8} {'rows on disk':>12}"
+        )
         for n in a.lengths:
             ids = prompt_ids(a.model_folder, subject.prompt, n)
             r = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"scale-{tag}-{n}.safetensors")
             print(
                 f"{len(ids):>7} {r['n_active']:>8} {r['seconds']:>8.2f} {r['peak_mb']:>8.0f} {r['peak_mb'] / len(ids):>9.2f}"
+                f" {r['peak_anonymous_mb']:>8.0f} {'yes' if r['rows_on_disk'] else 'no':>12}"
             )
         return
     ct_python = str(ensure_ct_venv())

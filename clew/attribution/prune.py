@@ -19,9 +19,15 @@ from clew.attribution.graph import Graph
 CHUNK = 512  # rows processed at a time, so temporaries stay proportional to CHUNK x n_nodes
 
 
+def chunk_rows(rows: Tensor) -> int:
+    """Rows to take at a time: CHUNK, or fewer for wide rows, so a chunk's temporaries stay under 256 MB."""
+    return max(1, min(CHUNK, 2**26 // max(1, rows.shape[1])))
+
+
 def row_sums(rows: Tensor) -> Tensor:
     """(R,) the sum of absolute values of each row, never zero."""
-    sums = torch.cat([rows[i : i + CHUNK].abs().float().sum(1) for i in range(0, len(rows), CHUNK)])
+    step = chunk_rows(rows)
+    sums = torch.cat([rows[i : i + step].abs().float().sum(1) for i in range(0, len(rows), step)])
     return sums.clamp_min(1e-30)
 
 
@@ -29,8 +35,9 @@ def propagate(rows: Tensor, sums: Tensor, x: Tensor) -> Tensor:
     """(n_nodes,) ``x @ normalised(rows)`` for a weight x (R,) on the rows."""
     out = torch.zeros(rows.shape[1], dtype=torch.float32, device=rows.device)
     w = x / sums
-    for i in range(0, len(rows), CHUNK):
-        out += w[i : i + CHUNK] @ rows[i : i + CHUNK].abs().float()
+    step = chunk_rows(rows)
+    for i in range(0, len(rows), step):
+        out += w[i : i + step] @ rows[i : i + step].abs().float()
     return out
 
 

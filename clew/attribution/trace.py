@@ -157,7 +157,8 @@ def trace(
     dev = engine.device
     shape = (T + budget, engine.n_columns)  # logit rows, then feature rows
     n_bytes = shape[0] * shape[1] * torch.empty(0, dtype=dtype).element_size()
-    if dev.type == "cpu" and should_spill(n_bytes):
+    on_disk = dev.type == "cpu" and should_spill(n_bytes)
+    if on_disk:
         rows = zeros_on_disk(shape, dtype, spill_dir)
     else:
         rows = torch.zeros(shape, dtype=dtype, device=dev)
@@ -197,6 +198,7 @@ def trace(
         dtype=str(dtype).removeprefix("torch."),
         model_dtype=str(model_dtype).removeprefix("torch."),
         n_active_features=N,
+        rows_on_disk=on_disk,
         seconds=round(time.perf_counter() - started, 3),
     )
     return graph

@@ -147,7 +147,8 @@ class LazyDecoder:
             return self._read((slice(0, 0),) if j is None else (slice(0, 0), j))
         lo, hi = int(idx.min()), int(idx.max()) + 1  # one contiguous read, then pick the rows
         block = self._read((slice(lo, hi),) if j is None else (slice(lo, hi), j))
-        return self._checked(block[idx - lo])
+        self._checked(block[torch.unique(idx) - lo])  # each row used once, however often it is asked for
+        return block[idx - lo]
 
     def full(self, dst_layer: int) -> Tensor:
         j = self._slot(dst_layer)

@@ -228,11 +228,13 @@ class Attention(nn.Module):
         ``0 .. m-1`` -> their rows of the attention pattern (B, H, n, m)."""
         cfg = self.cfg
         k = k.repeat_interleave(cfg.n_heads // cfg.n_kv_heads, dim=1)  # (B, H, m, E)
-        scores = (q @ k.transpose(-1, -2)) * cfg.scale  # (B, H, n, m)
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(cfg.scale)  # (B, H, n, m), in place: long prompts
         if cfg.attn_softcap is not None:
-            scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
-        allowed = self.mask(k.shape[2], q.device, start, q.shape[2])
-        scores = scores.masked_fill(~allowed, float("-inf"))
+            scores = scores.div_(cfg.attn_softcap).tanh_().mul_(cfg.attn_softcap)
+        windowed = self.sliding and self.cfg.sliding_window is not None
+        first = 0 if windowed else start  # without a window, every query here sees all keys before start
+        hidden = ~self.mask(k.shape[2], q.device, start, q.shape[2])[:, first:]
+        scores[..., first:].masked_fill_(hidden, float("-inf"))
         return torch.softmax(scores.float(), dim=-1).to(q.dtype)
 
     def mask(self, P: int, device: torch.device, start: int = 0, n: int | None = None) -> Tensor:
