@@ -115,7 +115,8 @@ def add_tracing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-feature-nodes",
         type=int,
-        help="budget of feature rows, the most influential first (default: every active feature)",
+        help="budget of feature rows, the most influential first (default: every active feature); rows "
+        "that would fill more than half of the free memory are kept in a temporary file in --out meanwhile",
     )
     p.add_argument(
         "--batch-size",
@@ -183,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     remove_stale_temporaries(out, f"{slug}.safetensors")
     remove_stale_temporaries(out, f"{slug}.json")
     model, dictionary = load_model_and_dictionary(args.model, args.dictionary, device=args.device)
+    out.mkdir(parents=True, exist_ok=True)  # also where rows too large for memory are kept meanwhile
     graph = trace(
         model,
         dictionary,
@@ -195,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=getattr(torch, args.dtype),
         progress=not args.quiet,
+        spill_dir=out,
     )
     analysis = analyze(graph, args.node_threshold, args.edge_threshold)
     store = feature_store(args, dictionary)
@@ -202,7 +205,6 @@ def run(args: argparse.Namespace) -> int:
     base = None
     # the slow writes go to temporaries first (the graph file, the feature files); the graph file is
     # renamed into place only after its viewer JSON and index, so no reader sees a new graph beside old JSON
-    out.mkdir(parents=True, exist_ok=True)
     with replacing(out / f"{slug}.safetensors") as graph_tmp:
         graph.save(graph_tmp)
         if store is not None:
