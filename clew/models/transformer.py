@@ -106,9 +106,7 @@ class Patterns(Sequence[Tensor]):
         q, k = attn.queries_keys(x, None if rope is None else (rope[0][:P], rope[1][:P]))
         return attn, q, k
 
-    def blocks(
-        self, layer: int, P: int, size: int, first: int = 0
-    ) -> Iterator[tuple[int, int, Tensor]]:
+    def blocks(self, layer: int, P: int, size: int, first: int = 0) -> Iterator[tuple[int, int, Tensor]]:
         """The pattern of queries ``first .. P-1`` in blocks of ``size``: ``(start, stop, rows)`` with rows
         (B, H, stop - start, stop) over the keys those queries can see. Rebuilt, the queries and keys
         are computed once for all blocks and the square is never formed whole."""
@@ -248,7 +246,9 @@ class Attention(nn.Module):
         if cfg.attn_softcap is not None:
             scores = scores.div_(cfg.attn_softcap).tanh_().mul_(cfg.attn_softcap)
         windowed = self.sliding and self.cfg.sliding_window is not None
-        first = 0 if windowed or n == 0 else int(queries.min())  # no window: the keys before all queries are seen
+        first = (
+            0 if windowed or n == 0 else int(queries.min())
+        )  # no window: the keys before all queries are seen
         hidden = ~self.mask(k.shape[2], q.device, queries)[:, first:]
         scores[..., first:].masked_fill_(hidden, float("-inf"))
         return torch.softmax(scores.float(), dim=-1).to(q.dtype)
