@@ -129,12 +129,7 @@ class Engine(LocalReplacement):
                     grad[:, :above] += back.skip_t(layer, grad[:, :above])
             reach = bisect.bisect_right(negated, -layer)  # and those reading at this layer
             inject(above, reach)
-            if above:
-                grad[:, :above] += back.attention_t(layer, grad[:, :above])
-            if reach > above:  # fresh targets hold one vector each: W_O on it alone, not on P positions
-                fresh = slice(above, reach)
-                vectors = grad[targets.pos[fresh], batch[fresh]]
-                grad[:, fresh] += back.attention_t_at(layer, vectors, targets.pos[fresh], P)
+            grad[:, :reach] += back.attention_t(layer, grad[:, :reach])
         rows[:, self.embed_offset : self.embed_offset + P] = torch.einsum(
             "pbd,pd->bp", grad, self.embeddings[:P].to(dt)
         )

@@ -89,23 +89,6 @@ class Patterns(Sequence[Tensor]):
         (a causal pattern is zero beyond them)."""
         return next(self.blocks(layer, stop, stop - start, start))[2]
 
-    def at(self, layer: int, queries: Tensor, P: int) -> Tensor:
-        """(B, H, n, P): the pattern rows of the queries at positions ``queries`` (n,), over keys ``0 .. P-1``."""
-        if self.kept:
-            return self._kept[layer][:, :, queries.to(self._kept[layer].device), :P]
-        attn, q, k = self._queries_keys(layer, P)
-        return attn.pattern_rows(q[:, :, queries], k, queries)
-
-    def _queries_keys(self, layer: int, P: int) -> tuple[Attention, Tensor, Tensor]:
-        """Layer's attention and the queries and keys of positions ``0 .. P-1``, rebuilt from the cache."""
-        model, cache = self._model, self._cache
-        assert model is not None and cache is not None
-        attn, resid = model.blocks[layer].attn, cache.resid_pre[layer]
-        x = model.blocks[layer].ln1(resid[:, :P], cache.scales[f"{layer}.ln1"][:, :P])
-        rope = model.rope(layer, resid.shape[1], x)  # the whole prompt's, cached once; rows 0..P-1
-        q, k = attn.queries_keys(x, None if rope is None else (rope[0][:P], rope[1][:P]))
-        return attn, q, k
-
     def blocks(self, layer: int, P: int, size: int, first: int = 0) -> Iterator[tuple[int, int, Tensor]]:
         """The pattern of queries ``first .. P-1`` in blocks of ``size``: ``(start, stop, rows)`` with rows
         (B, H, stop - start, stop) over the keys those queries can see. Rebuilt, the queries and keys
@@ -116,7 +99,12 @@ class Patterns(Sequence[Tensor]):
                 stop = min(start + size, P)
                 yield start, stop, self._kept[layer][:, :, start:stop, :stop]
             return
-        attn, q, k = self._queries_keys(layer, P)
+        model, cache = self._model, self._cache
+        assert model is not None and cache is not None
+        attn, resid = model.blocks[layer].attn, cache.resid_pre[layer]
+        x = model.blocks[layer].ln1(resid[:, :P], cache.scales[f"{layer}.ln1"][:, :P])
+        rope = model.rope(layer, resid.shape[1], x)  # the whole prompt's, cached once; rows 0..P-1
+        q, k = attn.queries_keys(x, None if rope is None else (rope[0][:P], rope[1][:P]))
         for start in starts:
             stop = min(start + size, P)
             yield start, stop, attn.pattern_rows(q[:, :, start:stop], k[:, :, :stop], start)
@@ -233,30 +221,24 @@ class Attention(nn.Module):
         q, k = self.queries_keys(x, rope)
         return self.pattern_rows(q, k, 0)
 
-    def pattern_rows(self, q: Tensor, k: Tensor, queries: int | Tensor) -> Tensor:
-        """Queries (B, H, n, E) and keys (B, K, m, E) of positions ``0 .. m-1`` -> their rows of the
-        attention pattern (B, H, n, m). ``queries``: the queries' positions (n,), or the first of n
-        consecutive ones."""
+    def pattern_rows(self, q: Tensor, k: Tensor, start: int) -> Tensor:
+        """Queries (B, H, n, E) of positions ``start .. start+n-1`` and keys (B, K, m, E) of positions
+        ``0 .. m-1`` -> their rows of the attention pattern (B, H, n, m)."""
         cfg = self.cfg
-        n = q.shape[2]
-        if isinstance(queries, int):
-            queries = torch.arange(queries, queries + n, device=q.device)
         k = k.repeat_interleave(cfg.n_heads // cfg.n_kv_heads, dim=1)  # (B, H, m, E)
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(cfg.scale)  # (B, H, n, m), in place: long prompts
         if cfg.attn_softcap is not None:
             scores = scores.div_(cfg.attn_softcap).tanh_().mul_(cfg.attn_softcap)
         windowed = self.sliding and self.cfg.sliding_window is not None
-        first = (
-            0 if windowed or n == 0 else int(queries.min())
-        )  # no window: the keys before all queries are seen
-        hidden = ~self.mask(k.shape[2], q.device, queries)[:, first:]
+        first = 0 if windowed else start  # without a window, every query here sees all keys before start
+        hidden = ~self.mask(k.shape[2], q.device, start, q.shape[2])[:, first:]
         scores[..., first:].masked_fill_(hidden, float("-inf"))
         return torch.softmax(scores.float(), dim=-1).to(q.dtype)
 
-    def mask(self, P: int, device: torch.device, queries: Tensor | None = None) -> Tensor:
-        """(n, P) True where query q (of positions ``queries`` (n,); all P by default) may see key k (of
+    def mask(self, P: int, device: torch.device, start: int = 0, n: int | None = None) -> Tensor:
+        """(n, P) True where query q (of ``start .. start+n-1``; all P by default) may see key k (of
         ``0 .. P-1``): causal, and within the window on sliding layers."""
-        i = (torch.arange(P, device=device) if queries is None else queries.to(device))[:, None]
+        i = torch.arange(start, start + (P - start if n is None else n), device=device)[:, None]
         j = torch.arange(P, device=device)[None, :]
         allowed = j <= i
         if self.sliding and self.cfg.sliding_window is not None:

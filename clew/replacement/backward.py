@@ -168,23 +168,6 @@ class Backward:
             out[:, :stop].baddbmm_(rows[0].to(z.dtype).transpose(1, 2), z[:, start:stop])
         return out
 
-    def attention_t_at(self, layer: int, vectors: Tensor, pos: Tensor, P: int) -> Tensor:
-        """(P, n, D): :meth:`attention_t` of a gradient that holds each of ``vectors`` (n, D) at one
-        position ``pos`` (n,) and zero elsewhere, as a target has where it is injected. ``W_O`` is
-        applied to the n vectors only, not to P positions that are zero."""
-        cfg, w = self.model.cfg, self.weights(layer)
-        H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-        n = len(pos)
-        g = vectors.to(self.dtype)
-        if "attn_post" in w.norms:
-            scale = self.cache.scales[f"{layer}.attn_post"][0, pos]  # (n, 1)
-            g = norm_transpose(self.model.blocks[layer].attn_post, scale, g, w.norms["attn_post"])
-        z = (g @ w.o).view(n, H, E)
-        rows = self.cache.patterns.at(layer, pos, P)[0].to(z.dtype)  # (H, n, P): each query's keys
-        u = rows.permute(2, 1, 0)[..., None] * z[None]  # (P, n, H, E)
-        u = u.view(P, n, K, H // K, E).sum(3).reshape(P * n, K * E)  # heads sharing a key/value head
-        return self.norm_t(layer, "ln1", (u @ w.v).view(P, n, -1))
-
     def attention_t_by_head(self, layer: int, grad: Tensor, pos: int) -> Tensor:
         """(P, H, D): a gradient (P, 1, D) that is nonzero only at query position ``pos``, carried through
         each head of layer's frozen attention separately to every key position, before the layer's
