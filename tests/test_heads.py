@@ -238,10 +238,15 @@ def test_head_shares_sum_to_the_edge(folders, family, kind):
 def _cut(patterns, pos, above, keep=None):
     """Patterns with the query at ``pos`` looking only at itself in layers >= ``above``; at layer
     ``keep[0]`` head ``keep[1]`` keeps its off-diagonal attention."""
-    out = [p.clone() for p in patterns]
-    for layer in range(above, len(out)):
-        heads = [h for h in range(out[layer].shape[1]) if keep is None or (layer, h) != tuple(keep)]
-        out[layer][0, heads, pos, :pos] = 0
+    from clew.models import Patterns
+
+    out = Patterns()
+    for layer, p in enumerate(patterns):
+        p = p.clone()
+        if layer >= above:
+            heads = [h for h in range(p.shape[1]) if keep is None or (layer, h) != tuple(keep)]
+            p[0, heads, pos, :pos] = 0
+        out.append(p)
     return out
 
 
