@@ -158,8 +158,7 @@ def test_rows_in_any_order_equal_rows_in_batch_order(models):
 def test_long_prompt_memory_savers_are_exact(models, family, monkeypatch):
     """What long prompts do to bound memory (patterns rebuilt block by block instead of kept, the
     pattern's transpose by query blocks, rows in a file) must give the graph of the plain path."""
-    import sys
-
+    import clew.attribution.spill as spill
     import clew.replacement.backward as backward
     import clew.replacement.local as local
 
@@ -170,10 +169,10 @@ def test_long_prompt_memory_savers_are_exact(models, family, monkeypatch):
     monkeypatch.setattr(backward, "QUERY_BLOCK", 7)  # 8 blocks, the last one short
     monkeypatch.setattr(local, "KEPT_PATTERNS_BYTES", 0)
     spilled = []
-    tracing = sys.modules["clew.attribution.trace"]
-    monkeypatch.setattr(tracing, "should_spill", lambda n: spilled.append(n) or True)
+    monkeypatch.setattr(spill, "should_spill", lambda n: spilled.append(n) or True)
     saver = trace(model, tc, long, max_feature_nodes=60, batch_size=32, progress=False)
     assert spilled, "the rows were not put in a file"
+    assert saver.settings["rows_on_disk"] is True
     assert torch.equal(saver.features, plain.features)
     assert (saver.adjacency - plain.adjacency).abs().max() <= 1e-5 * plain.adjacency.abs().max()
     assert check_graph(model, tc, saver, max_sources=40).max_edge_error < TOL

@@ -38,13 +38,24 @@ def should_spill(n_bytes: int) -> bool:
     return free is not None and n_bytes > free // 2
 
 
+def zeros_for_rows(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, folder: str | Path | None = None
+) -> tuple[Tensor, bool]:
+    """Zeros for rows of ``shape``: in memory, or on a CPU in a file in ``folder`` when
+    :func:`should_spill` says so; and whether they went to a file."""
+    on_disk = device.type == "cpu" and should_spill(math.prod(shape) * dtype.itemsize)
+    if on_disk:
+        return zeros_on_disk(shape, dtype, folder), True
+    return torch.zeros(shape, dtype=dtype, device=device), False
+
+
 def zeros_on_disk(shape: tuple[int, ...], dtype: torch.dtype, folder: str | Path | None = None) -> Tensor:
     """A tensor of zeros backed by a fresh file in ``folder`` (the system's temporary folder when None),
     which is unlinked at once: its pages go to disk under memory pressure and the space is freed when
     the tensor is."""
     folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
     n = math.prod(shape)
-    n_bytes = n * torch.empty(0, dtype=dtype).element_size()
+    n_bytes = n * dtype.itemsize
     try:
         fd, path = tempfile.mkstemp(prefix=".clew-rows-", suffix=".tmp", dir=folder)
     except OSError as e:

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from clew.attribution.engine import Engine
 from clew.attribution.graph import Graph
-from clew.attribution.prune import influence, row_sums
-from clew.attribution.spill import should_spill, zeros_on_disk
+from clew.attribution.prune import chunk_rows, influence, row_sums
+from clew.attribution.spill import zeros_for_rows
 from clew.dictionaries import Transcoder
 from clew.errors import ClewError
 from clew.models import Transformer
@@ -155,13 +155,9 @@ def trace(
     N = engine.n_features
     budget = N if max_feature_nodes is None else min(max_feature_nodes, N)
     dev = engine.device
-    shape = (T + budget, engine.n_columns)  # logit rows, then feature rows
-    n_bytes = shape[0] * shape[1] * torch.empty(0, dtype=dtype).element_size()
-    on_disk = dev.type == "cpu" and should_spill(n_bytes)
-    if on_disk:
-        rows = zeros_on_disk(shape, dtype, spill_dir)
-    else:
-        rows = torch.zeros(shape, dtype=dtype, device=dev)
+    rows, on_disk = zeros_for_rows(
+        (T + budget, engine.n_columns), dtype, dev, spill_dir
+    )  # logits, then features
     engine.rows(logit_targets, out=rows[:T])
     sums = torch.zeros(T + budget, device=dev)  # each row's absolute sum, taken while it is fresh
     sums[:T] = row_sums(rows[:T])
@@ -265,8 +261,8 @@ def _assemble(
     Nf, S = layout.n_features, layout.n_sources
     columns = layout.columns_in(engine.layout, selected)  # each graph source's engine column
     adjacency = torch.zeros(Nf + layout.n_logits, layout.n_nodes, dtype=feature_rows.dtype)  # in host memory
-    step = max(1, min(1024, 2**28 // max(1, feature_rows.shape[1])))  # chunks of at most 1 GB of rows
-    for i in range(0, Nf, step):  # so that no second copy of all rows is ever made
+    step = chunk_rows(feature_rows)
+    for i in range(0, Nf, step):  # in chunks, so that no second copy of all rows is ever made
         chunk = feature_rows[perm[i : i + step]][:, columns]
         adjacency[i : min(i + step, Nf), :S] = chunk.cpu()
     adjacency[Nf:, :S] = logit_rows[:, columns].cpu()

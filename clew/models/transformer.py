@@ -124,7 +124,7 @@ class ActivationCache:
     """The MLP module's output, before any post-MLP norm."""
     mlp_delta: list[Tensor] = field(default_factory=list)
     """What the MLP branch adds to the residual stream (after any post-MLP norm)."""
-    patterns: Patterns = field(default_factory=lambda: Patterns())
+    patterns: Patterns = field(default_factory=Patterns)
     """Attention patterns (B, H, P, P), kept or recomputed on access (:class:`Patterns`)."""
     scales: dict[str, Tensor] = field(default_factory=dict)
     """Every normalisation's scale (B, P, 1), keyed as in :class:`Frozen`."""
