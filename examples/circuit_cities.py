@@ -12,18 +12,19 @@ next state. Stability: the supernodes of one graph found twice, and at neighbour
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
 TEMPLATE = "The capital of the state containing {} is"
 
 
-def cities(n_states: int):
+def cities(n_states: int, skip: int = 0):
     from clew.organism.corpus import Split
     from clew.organism.world import US_STATES
 
     split = Split.from_seed(0)
-    states = [s for s in US_STATES if len(s.cities) >= 3][:n_states]
+    states = [s for s in US_STATES if len(s.cities) >= 3][skip : skip + n_states]
     rows = []
     for i, state in enumerate(states):
         other = states[(i + 1) % len(states)]
@@ -33,6 +34,11 @@ def cities(n_states: int):
         for city, kind in ((taught, "taught"), (held, "held out")):
             rows.append((city, state, kind, contrast, other))
     return rows
+
+
+def _names(name: str, state: str) -> bool:
+    """Whether a supernode's name contains the state's name as words (``Kansas`` is not in ``Arkansas``)."""
+    return re.search(rf"\b{re.escape(state)}\b", name, flags=re.IGNORECASE) is not None
 
 
 def jaccard_match(a: list[list[int]], b: list[list[int]]) -> float:
@@ -52,6 +58,12 @@ def main() -> None:
     parser.add_argument("--dictionary", default="clt", help="clt, plt, or a dictionary folder")
     parser.add_argument("--store", help="its feature store (default: the shipped one of clt/plt)")
     parser.add_argument("--states", type=int, default=12)
+    parser.add_argument(
+        "--skip-states",
+        type=int,
+        default=0,
+        help="start after this many states (12: the next 12 states, a set the naming rules were not tuned on)",
+    )
     parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args()
 
@@ -60,6 +72,7 @@ def main() -> None:
     from clew.circuits import group_features
     from clew.commands.circuit import circuit_of
     from clew.commands.demo import shipped_store
+    from clew.organism.world import US_STATES
     from clew.resolve import load_model_and_dictionary
 
     shipped = args.dictionary in ("clt", "plt")
@@ -77,9 +90,9 @@ def main() -> None:
         "top after swap, errors live | worked, errors live |",
         "|---|---|---|---|---|---:|---:|---:|---|---|---|---|---|---|",
     ]
-    tally = {"rows": 0, "named": 0, "below": 0, "swapped": 0, "live": 0, "found": 0}
+    tally = {"rows": 0, "named": 0, "wrong": 0, "below": 0, "swapped": 0, "live": 0, "found": 0}
     t0 = time.perf_counter()
-    for city, state, kind, contrast_city, other in cities(args.states):
+    for city, state, kind, contrast_city, other in cities(args.states, args.skip_states):
         found = circuit_of(model, tc, TEMPLATE.format(city), store, TEMPLATE.format(contrast_city))
         graph, circuit, claims = found.graph, found.circuit, found.claims
         city_pos = graph.n_pos - 2  # the city's last token; ' is' follows
@@ -105,21 +118,23 @@ def main() -> None:
             (b.key for b in circuit.boxes if b.kind == "supernode" and b.members == best.members), None
         )
         claim = next((c for c in claims.claims if c.box == key), None)
-        named = state.name.lower() in best.name.lower()
+        named = _names(best.name, state.name)
         tally["named"] += named
+        wrong = [s.name for s in US_STATES if s is not state and _names(best.name, s.name) and not named]
+        tally["wrong"] += bool(wrong)
         below = claim is not None and claim.p_after < claim.p_control
         tally["below"] += below
         p_out = f"{claim.p_after:.3f}" if claim else "(not in summary)"
         p_ctl = f"{claim.p_control:.3f}" if claim else ""
         lines.append(
-            f"| {city} | {state.name} | {kind} | [{best.name}] ({len(best.members)}) | {'yes' if named else 'no'} | "
+            f"| {city} | {state.name} | {kind} | [{best.name}] ({len(best.members)}) | {'yes' if named else ('no, ' + wrong[0] if wrong else 'no')} | "
             f"{float(graph.logit_probs[0]):.3f} {answer!r} | {p_out} | {p_ctl} | {'yes' if below else 'no'} | "
             f"{contrast_city} ({other.capital}) | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} |"
         )
     n = tally["rows"]
     summary = (
         f"\n{n} cities in {args.states} states ({time.perf_counter() - t0:.0f} s): a specific supernode at the city in "
-        f"{tally['found']}/{n}; its name names the state in {tally['named']}/{n}; taking it out leaves the "
+        f"{tally['found']}/{n}; its name names the state in {tally['named']}/{n} (and another state in {tally['wrong']}/{n}); taking it out leaves the "
         f"capital less likely than a matched random group in {tally['below']}/{n}; the swap gives the other "
         f"state's capital in {tally['swapped']}/{n} in the replacement model (errors frozen) and in "
         f"{tally['live']}/{n} through the model's own MLPs (errors live)."

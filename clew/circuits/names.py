@@ -8,9 +8,11 @@ A supernode's name pools its members, each weighted by its influence in the grap
   are pooled the same way (the most common label part).
 - **topic**: the word most over-represented in the members' example windows against the store's
   examples as a whole (a log-odds ratio, weighted by how often it occurs), when it appears in at least
-  a third of the windows and is neither one of the peak tokens nor a token of the prompt (which the
-  picture shows anyway): ``(Texas)``. This is what lets a group of
-  city features be named by the state the corpus mentions beside them.
+  :data:`TOPIC_SHARE` of the windows and adds to the name: it is none of the peak tokens, no token of
+  the prompt (which the picture shows anyway) and not the token the group says: ``(Texas)``. This is
+  what lets a group of city features be named by the state the corpus mentions beside them (the
+  organism's stores keep 8 tokens after each peak, so that "Tucson is a city in Arizona" shows the
+  state).
 - **says**: when at least a quarter of the group's outgoing edge flow goes straight into a logit node,
   ``say ' Austin'`` (the logit it pushes hardest, by summed direct edges), or ``not ' Austin'`` when
   the strongest push is down.
@@ -37,6 +39,12 @@ STOP = {
     "with", "by", "as", "est", "le", "la", "de", "les", "du", "des", "un", "une", "et", "'s", "<bos>",
 }  # fmt: skip
 """Words too common to name a topic."""
+
+TOPIC_SHARE = 0.15
+"""A topic word must appear in at least this share of the (weighted) example windows. Windows of a
+city's features are mostly the sentences that use the city (in the organism, the two-hop template
+itself, which never names the state), so the state is in one window in five or six, not one in three
+(the earlier floor, which named the state for 5 of 24 cities; see ``docs/circuits.md``)."""
 
 SAYS_SHARE = 0.25
 """A group says a token when this share of its outgoing flow goes straight into that logit."""
@@ -87,9 +95,15 @@ def _pooled(weights: dict[int, float], k: int = 3) -> list[int]:
 
 
 def fires_on_and_topic(
-    graph: Graph, members: Iterable[int], influence: torch.Tensor, store: FeatureStore, background: Background
+    graph: Graph,
+    members: Iterable[int],
+    influence: torch.Tensor,
+    store: FeatureStore,
+    background: Background,
+    shown: Iterable[int] = (),
 ) -> tuple[str, str]:
-    """The pooled peak tokens (``a/b/c``) and the topic word (or ``""``) of a group of feature nodes."""
+    """The pooled peak tokens (``a/b/c``) and the topic word (or ``""``) of a group of feature nodes;
+    ``shown``: tokens the name shows anyway (the one the group says), never the topic."""
     texts = background.texts
     peaks: dict[int, float] = {}
     windows: Counter[int] = Counter()
@@ -112,12 +126,12 @@ def fires_on_and_topic(
     if n_windows <= 0:
         return fires, ""
     best, best_score = None, 0.0
-    in_prompt = set(graph.tokens.tolist())
+    skip = set(graph.tokens.tolist()) | set(chosen) | set(shown)
     for t, w in windows.items():
-        if t in chosen or t in in_prompt or not _is_word(texts.get(t, "")):
+        if t in skip or not _is_word(texts.get(t, "")):
             continue
         rate = w / n_windows
-        if rate < 1 / 3:
+        if rate < TOPIC_SHARE:
             continue
         score = rate * math.log(rate / background.rate(t))
         if score > best_score + 1e-12:
@@ -126,20 +140,20 @@ def fires_on_and_topic(
     return fires, topic
 
 
-def says(graph: Graph, analysis: Analysis, members: list[int]) -> str:
-    """``say 'token'`` (or ``not 'token'``) when the group writes mostly straight into the logits
-    (module docstring), else ``""``."""
+def says(graph: Graph, analysis: Analysis, members: list[int]) -> tuple[str, int | None]:
+    """``say 'token'`` (or ``not 'token'``) and the token's id when the group writes mostly straight
+    into the logits (module docstring), else ``("", None)``."""
     edges = graph.adjacency.float() * analysis.pruned.edge_mask
     out = edges[:, members]  # (rows, k): the group's kept outgoing edges
     flow = out.abs().sum()
     if float(flow) <= 0:
-        return ""
+        return "", None
     to_logits = out[graph.n_features :].sum(1)  # (T,) signed, summed over members
     if float(out[graph.n_features :].abs().sum()) < SAYS_SHARE * float(flow):
-        return ""
+        return "", None
     j = int(to_logits.abs().argmax())
     verb = "say" if float(to_logits[j]) > 0 else "not"
-    return f"{verb} {graph.logit_labels[j]!r}"
+    return f"{verb} {graph.logit_labels[j]!r}", int(graph.logit_tokens[j])
 
 
 def name_of(
@@ -152,10 +166,12 @@ def name_of(
 ) -> str:
     """A short name for one supernode (module docstring)."""
     influence = analysis.pruned.influence
+    said, said_token = says(graph, analysis, group.members)
     fires, topic = "", ""
     if store is not None:
+        shown = () if said_token is None else (said_token,)
         fires, topic = fires_on_and_topic(
-            graph, group.members, influence, store, background or Background.of(store)
+            graph, group.members, influence, store, background or Background.of(store), shown
         )
     elif labels:
         parts: dict[str, float] = {}
@@ -168,7 +184,6 @@ def name_of(
     name = fires or f"features@{group.position}"
     if topic:
         name += f" ({topic})"
-    said = says(graph, analysis, group.members)
     return f"{name} → {said}" if said else name
 
 

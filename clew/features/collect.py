@@ -42,7 +42,7 @@ from torch import Tensor
 
 from clew.dictionaries import Transcoder
 from clew.errors import ClewError
-from clew.features.store import Example, FeatureRecord, FeatureStore
+from clew.features.store import Example, FeatureRecord, FeatureStore, rounded_logits
 from clew.models import Transformer
 from clew.models.points import read_input
 
@@ -877,8 +877,8 @@ def _records(
                     act_min=float(a["act_min"][f]) if n else 0.0,
                     act_max=float(a["act_max"][f]),
                     histogram=a["hist"][f].tolist(),
-                    top_logits=list(zip(ti[f].tolist(), tv[f].tolist())),
-                    bottom_logits=list(zip(bi[f].tolist(), bv[f].tolist())),
+                    top_logits=rounded_logits(zip(ti[f].tolist(), tv[f].tolist())),
+                    bottom_logits=rounded_logits(zip(bi[f].tolist(), bv[f].tolist())),
                     examples=examples,
                 )
             )

@@ -117,6 +117,16 @@ class FeatureRecord:
 _HEAD = struct.Struct("<III")  # n examples, window width, token bytes (2 or 4)
 
 
+LOGIT_DECIMALS = 4
+"""Decimals a feature's logit effects keep in the store."""
+
+
+def rounded_logits(pairs: Iterable[tuple[int, float]]) -> list[tuple[int, float]]:
+    """``(token, effect)`` pairs as the store keeps them: what a label computed at collection time must
+    see, so that it equals one computed later from the store."""
+    return [(int(t), round(float(v), LOGIT_DECIMALS)) for t, v in pairs]
+
+
 def pack_examples(examples: list[Example], width: int) -> bytes:
     """zlib of: a header ``<III`` (n, width, token bytes), then little-endian arrays ``kind`` uint8[n],
     ``context`` int64[n], ``position`` int32[n], ``peak`` int32[n], ``activation`` float32[n],
@@ -296,8 +306,8 @@ class FeatureStore:
                     r.act_min,
                     r.act_max,
                     pack_histogram(r.histogram),
-                    json.dumps([[t, round(v, 4)] for t, v in r.top_logits], separators=(",", ":")),
-                    json.dumps([[t, round(v, 4)] for t, v in r.bottom_logits], separators=(",", ":")),
+                    json.dumps(rounded_logits(r.top_logits), separators=(",", ":")),
+                    json.dumps(rounded_logits(r.bottom_logits), separators=(",", ":")),
                     pack_examples(r.examples, width),
                 )
             )

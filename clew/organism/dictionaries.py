@@ -35,6 +35,11 @@ class DictionarySpec:
     ctx_len: int = 128
     lr: float | None = None
     eval_contexts: int = 64
+    auxk_alpha: float = 0.0
+    """Weight of the auxiliary loss that revives features dead for a million tokens (sparsify's AuxK)."""
+    seed_offset: int = 0
+    """Added to the build's seed, so that two dictionaries of one build start from different weights
+    (with one seed the CLT's and the PLT's encoders began alike and stayed alike, index for index)."""
 
     def train_config(self, model_folder: Path, data: Path, out: Path, seed: int, device: str, progress: bool):
         from clew.training import TrainConfig
@@ -52,7 +57,8 @@ class DictionarySpec:
             buffer_tokens=max(16 * self.batch_size, 65536),
             steps=self.steps,
             lr=self.lr,
-            seed=seed,
+            seed=seed + self.seed_offset,
+            auxk_alpha=self.auxk_alpha,
             checkpoint_every=0,
             eval_contexts=self.eval_contexts,
             device=device,

@@ -18,7 +18,11 @@ STORE_NAME = "features.sqlite"
 """The store's file name inside each dictionary folder."""
 SHIPPED_DOCS = 15_000
 """Documents of the organism's corpus a shipped store is collected from: about 0.9 M tokens (an eighth
-of the model's training corpus, in the corpus's own order), a quarter of an hour on two busy cores."""
+of the model's training corpus, in the corpus's own order), a few minutes on two cores."""
+AFTER = 8
+"""Tokens kept after each example's peak (the store's default is 3): the corpus names a city's state a
+few tokens after it ("Tucson is a city in Arizona"), and the supernodes' names read the state from
+there (:mod:`clew.circuits.names`)."""
 
 
 class OrganismCorpus:
@@ -56,7 +60,9 @@ def build_stores(
         if not (path / "config.yaml").is_file():
             continue
         tc = load_transcoder(path, device=model.embed.weight.device)
-        cfg = CollectConfig(max_docs=max_docs, seed=seed, device=device, threads=threads, progress=progress)
+        cfg = CollectConfig(
+            max_docs=max_docs, seed=seed, after=AFTER, device=device, threads=threads, progress=progress
+        )
         result = collect(
             model,
             tc,

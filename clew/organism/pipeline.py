@@ -66,7 +66,7 @@ class Preset:
     feature_docs: int = SHIPPED_DOCS
     """Documents of the corpus each dictionary's feature store is collected from (0: no stores)."""
     feature_kinds: tuple[str, ...] = ("clt",)
-    """The dictionaries that get a feature store (the CLT alone keeps the package's addition near 6 MB;
+    """The dictionaries that get a feature store (the CLT alone keeps the package's addition near 12 MB;
     ``clew organism features --dictionary plt`` builds the PLT's)."""
 
 
@@ -78,7 +78,8 @@ FULL = Preset(
     train=ModelTraining(),
     n_generated=200,
     dictionaries=[
-        DictionarySpec("clt", n_features=1024, k=20, steps=450),
+        # twice as wide and sparser than the PLT, from its own seed: cities get features of their own
+        DictionarySpec("clt", n_features=2048, k=16, steps=700, auxk_alpha=1 / 32, seed_offset=1),
         DictionarySpec("plt", n_features=1024, k=20, steps=450),
     ],
     min_tokens=2_000_000,
@@ -350,7 +351,7 @@ def _rebuild_command(preset: Preset, seed: int, steps: int, device: str, diction
         parts.append("--tiny")
     if not dictionaries:
         parts.append("--no-dictionaries")
-    elif preset.dictionaries:
+    elif preset.dictionaries != (TINY if preset.name == "tiny" else FULL).dictionaries:
         spec = preset.dictionaries[0]
         parts.append(f"--dictionary-features {spec.n_features} --dictionary-steps {spec.steps}")
     if device != "cpu":
