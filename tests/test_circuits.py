@@ -152,3 +152,35 @@ def test_circuit_command(tmp_path, capsys):
     assert names == sorted([f"{slug}.safetensors", f"{slug}-circuit.svg", f"{slug}-circuit.json"])
     assert Graph.load(out / f"{slug}.safetensors").annotations["supernodes"]
     assert main(["circuit", DALLAS, "-m", "organism", "--group-threshold", "2"]) == 2
+
+
+def test_a_topic_adds_to_the_name_and_meets_its_share(organism, dallas):
+    """The topic word in a name is a word of the members' windows, in at least TOPIC_SHARE of them (by
+    weight), and none of the prompt's tokens, the peak tokens or the token the group says."""
+    from clew.circuits.names import TOPIC_SHARE, Background, fires_on_and_topic, says
+
+    _, _, store = organism
+    a, _, analysis, circuit = dallas
+    background = Background.of(store)
+    prompt_words = {background.texts[t].strip() for t in a.tokens.tolist()}
+    named = 0
+    for g in circuit.supernodes:
+        said, token = says(a, analysis, g.members)
+        fires, topic = fires_on_and_topic(a, g.members, analysis.pruned.influence, store, background, [token])
+        assert f"({topic})" in g.name if topic else "(" not in g.name.split("→")[0]
+        if not topic:
+            continue
+        named += 1
+        assert topic not in prompt_words and topic not in fires.split("/")
+        assert token is None or background.texts[token].strip() != topic
+        share = 0.0  # the topic's weighted share of the windows, recomputed here
+        total = 0.0
+        for n in g.members:
+            record = store.feature(int(a.features[n, 0]), int(a.features[n, 2]))
+            w_node = max(float(analysis.pruned.influence[n]), 0.0)
+            for e in record.of_kind("top"):
+                w = w_node * max(e.activation, 0.0) / (record.act_max or 1.0)
+                total += w
+                share += w * any(background.texts.get(t, "").strip() == topic for t in set(e.tokens))
+        assert share / total >= TOPIC_SHARE - 1e-9
+    assert named >= 1

@@ -44,7 +44,8 @@ TOPIC_SHARE = 0.15
 """A topic word must appear in at least this share of the (weighted) example windows. Windows of a
 city's features are mostly the sentences that use the city (in the organism, the two-hop template
 itself, which never names the state), so the state is in one window in five or six, not one in three
-(the earlier floor, which named the state for 5 of 24 cities; see ``docs/circuits.md``)."""
+(the earlier floor, which named the state for 2 of 24 cities with the shipped CLT; see
+``docs/circuits.md``)."""
 
 SAYS_SHARE = 0.25
 """A group says a token when this share of its outgoing flow goes straight into that logit."""
