@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clew: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of a pipe stopped early (`| head`): nothing went wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush stays quiet
+        return 0
     except (MemoryError, torch_oom()) as err:
         if debug:
             raise

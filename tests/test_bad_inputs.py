@@ -670,3 +670,31 @@ def test_a_planted_link_at_a_temporary_name_is_never_followed(world: Path, tmp_p
     assert main([*argv, "-o", str(tmp_path / "out"), "--slug", "g"]) == 0
     assert victim.read_text() == "keep"
     assert Graph.load(tmp_path / "out" / "g.safetensors").prompt == PROMPT
+
+
+def test_a_closed_pipe_is_not_an_error():
+    """`clew features search is | head -1`: the reader stops early; clew stops quietly with status 0."""
+    import subprocess
+    import sys
+
+    from clew.assets import ORGANISM
+
+    store = ORGANISM.dictionary_path("clt") / "features.sqlite"
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from clew.cli import main; sys.exit(main())",
+        "features",
+        "search",
+        "is",
+        "--store",
+        str(store),
+        "--limit",
+        "100000",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline()  # one line read, then the pipe is closed
+    proc.stdout.close()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.wait(timeout=120) == 0, err
+    assert "error" not in err, err
