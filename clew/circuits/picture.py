@@ -59,13 +59,17 @@ def render_circuit(circuit: Circuit, path: str | Path, title: str | None = None)
     width = max(x, LEFT + len(logits) * (BOX_W + GAP)) + 20
     height = y_of(-1) + BOX_H / 2 + BOTTOM
     canvas = Canvas(width, height, title or f"circuit of {graph.prompt!r}")
-    canvas.text(LEFT, 24, title or f"{graph.prompt}", size=14, anchor="start", weight="bold", limit=140)
-    canvas.text(
+    room = width - LEFT - 10  # the heading and its note are cut or wrapped to the picture's width
+    heading = title or f"{graph.prompt}"
+    canvas.text(LEFT, 24, heading, size=14, anchor="start", weight="bold", limit=max(20, int(room / 8.5)))
+    canvas.wrapped(
         LEFT,
-        44,
+        52,
         f"{sum(b.kind == 'supernode' for b in boxes)} supernodes; edges carry {100 * circuit.coverage:.0f}% of the "
         "graph's edge score; width = share of the output's influence, orange +, blue −",
+        max(20, int(room / 6.2)),
         size=11,
+        lines=3,
         anchor="start",
         color="#555",
     )
