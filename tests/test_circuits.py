@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 from hf_tiny import FAMILIES
+from svg_checks import assert_text_inside
 from tiny_dictionaries import random_transcoder
 
 from clew.attribution import Graph, analyze, trace
@@ -125,10 +126,7 @@ def test_picture_labels_every_box(dallas, tmp_path):
     for box in circuit.boxes:
         if box.kind == "supernode":
             assert box.key in texts
-    width = float(root.get("width", "0").removesuffix("px"))
-    for t in root.iter("{http://www.w3.org/2000/svg}text"):  # left-aligned text stays inside the picture
-        if t.get("text-anchor") == "start":
-            assert float(t.get("x")) + 0.5 * float(t.get("font-size")) * len(t.text or "") <= width, t.text
+    assert_text_inside(root)
 
 
 @pytest.mark.parametrize("family", FAMILIES[:3])

@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 from hf_tiny import save_hf_model
+from svg_checks import assert_text_inside
 from tiny_dictionaries import random_transcoder
 
 import clew
@@ -434,6 +435,7 @@ def test_svg_parses_and_shows_the_tokens(graph, tmp_path, which):
         assert any(t == shown for t in texts), tok
     assert any("top prediction" in t for t in texts)
     assert any(g.prompt.replace("\n", "\\n")[:40] in t for t in texts)
+    assert_text_inside(root)
     assert len(list(root.iter(f"{ns}circle"))) <= 20 and len(list(root.iter(f"{ns}line"))) > 0
     colours = {e.get("stroke") for e in root.iter(f"{ns}line")}
     assert "#e66101" in colours

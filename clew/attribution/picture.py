@@ -159,16 +159,19 @@ def render_svg(
 
     prompt = graph.prompt or "".join(graph.token_strings)
     c = Canvas(width, height, title=printable("attribution graph: " + prompt, 160))
-    c.text(LEFT, 22, prompt, 14, anchor="start", weight="bold", limit=140)
+    c.text(
+        LEFT, 22, prompt, 14, anchor="start", weight="bold", limit=min(140, c.chars_to_edge(LEFT, 14, True))
+    )
     if T:
         j = top_logit(graph)
         top = f"top prediction: {printable(graph.logit_labels[j])!r} (p={float(graph.logit_probs[j]):.3f})"
         kept = int(pruned.node_mask[: graph.embed_offset].sum())
         drawn = sum(len(members) for members in cells.values())
-        c.text(
+        c.wrapped(  # to the picture's width: a prompt of a few tokens makes a narrow picture
             LEFT,
-            42,
+            46,
             f"{top} · {drawn} of {kept} kept features and errors drawn",
+            c.chars_to_edge(LEFT),
             anchor="start",
             color="#444",
         )

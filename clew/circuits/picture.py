@@ -59,15 +59,16 @@ def render_circuit(circuit: Circuit, path: str | Path, title: str | None = None)
     width = max(x, LEFT + len(logits) * (BOX_W + GAP)) + 20
     height = y_of(-1) + BOX_H / 2 + BOTTOM
     canvas = Canvas(width, height, title or f"circuit of {graph.prompt!r}")
-    room = width - LEFT - 10  # the heading and its note are cut or wrapped to the picture's width
-    heading = title or f"{graph.prompt}"
-    canvas.text(LEFT, 24, heading, size=14, anchor="start", weight="bold", limit=max(20, int(room / 8.5)))
+    heading = title or graph.prompt  # cut, and the note below wrapped, to the picture's width
+    canvas.text(
+        LEFT, 24, heading, size=14, anchor="start", weight="bold", limit=canvas.chars_to_edge(LEFT, 14, True)
+    )
     canvas.wrapped(
         LEFT,
         52,
         f"{sum(b.kind == 'supernode' for b in boxes)} supernodes; edges carry {100 * circuit.coverage:.0f}% of the "
         "graph's edge score; width = share of the output's influence, orange +, blue −",
-        max(20, int(room / 6.2)),
+        canvas.chars_to_edge(LEFT, 11),
         size=11,
         lines=3,
         anchor="start",

@@ -162,6 +162,11 @@ class Canvas:
         yield
         self.parts.append("</g>")
 
+    def chars_to_edge(self, x: float, size: float = 11, bold: bool = False) -> int:
+        """About how many characters of text at ``size`` fit between ``x`` and the right edge (less a
+        10 px margin; at least 20): the limit to cut or wrap a heading at."""
+        return max(20, int((self.width - x - 10) / (size * (0.61 if bold else 0.56))))
+
     def wrapped(self, x: float, y: float, s: str, width_chars: int, size: float = 11, lines: int = 2, **kw):
         """``s`` broken at spaces into at most ``lines`` lines of about ``width_chars`` characters,
         centred on (x, y) vertically; the last line is cut with an ellipsis when the text is longer."""
