@@ -155,9 +155,8 @@ def trace(
     N = engine.n_features
     budget = N if max_feature_nodes is None else min(max_feature_nodes, N)
     dev = engine.device
-    rows, on_disk = zeros_for_rows(
-        (T + budget, engine.n_columns), dtype, dev, spill_dir
-    )  # logits, then features
+    # the logits' rows, then the features': in memory, or in a file in spill_dir when they would crowd it
+    rows, on_disk = zeros_for_rows((T + budget, engine.n_columns), dtype, dev, spill_dir)
     engine.rows(logit_targets, out=rows[:T])
     sums = torch.zeros(T + budget, device=dev)  # each row's absolute sum, taken while it is fresh
     sums[:T] = row_sums(rows[:T])
