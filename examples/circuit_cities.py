@@ -120,7 +120,7 @@ def main() -> None:
         claim = next((c for c in claims.claims if c.box == key), None)
         named = _names(best.name, state.name)
         tally["named"] += named
-        wrong = [s.name for s in US_STATES if s is not state and _names(best.name, s.name) and not named]
+        wrong = [] if named else [s.name for s in US_STATES if s is not state and _names(best.name, s.name)]
         tally["wrong"] += bool(wrong)
         below = claim is not None and claim.p_after < claim.p_control
         tally["below"] += below
