@@ -38,7 +38,7 @@ def dallas(organism):
 
     a, b = trace(model, tc, DALLAS, progress=False), trace(model, tc, LA, progress=False)
     analysis = analyze(a)
-    circuit = find_circuit(a, analysis, graph_labels(store, a), store, contrast=b)
+    circuit = find_circuit(a, analysis, graph_labels(store, a), store, contrast=b, model=model, transcoder=tc)
     return a, b, analysis, circuit
 
 
@@ -157,32 +157,58 @@ def test_circuit_command(tmp_path, capsys):
 
 
 def test_a_topic_adds_to_the_name_and_meets_its_share(organism, dallas):
-    """The topic word in a name is a word of the members' windows, in at least TOPIC_SHARE of them (by
-    weight), and none of the prompt's tokens, the peak tokens or the token the group says."""
-    from clew.circuits.names import TOPIC_SHARE, Background, fires_on_and_topic, says
+    """The topic word in a name is a word of the group's example windows, in at least TOPIC_SHARE of
+    them (by weight), and none of the prompt's tokens, the peak tokens or the token the group says."""
+    from clew.circuits.names import TOPIC_SHARE, Background, fires_on_and_topic, says, windows_of
 
-    _, _, store = organism
+    model, tc, store = organism
     a, _, analysis, circuit = dallas
     background = Background.of(store)
     prompt_words = {background.texts[t].strip() for t in a.tokens.tolist()}
     named = 0
     for g in circuit.supernodes:
         said, token = says(a, analysis, g.members)
-        fires, topic = fires_on_and_topic(a, g.members, analysis.pruned.influence, store, background, [token])
+        windows = windows_of(a, g.members, analysis.pruned.influence, store, model, tc)
+        fires, topic = fires_on_and_topic(a, windows, background, [token])
         assert f"({topic})" in g.name if topic else "(" not in g.name.split("→")[0]
         if not topic:
             continue
         named += 1
         assert topic not in prompt_words and topic not in fires.split("/")
         assert token is None or background.texts[token].strip() != topic
-        share = 0.0  # the topic's weighted share of the windows, recomputed here
-        total = 0.0
-        for n in g.members:
-            record = store.feature(int(a.features[n, 0]), int(a.features[n, 2]))
-            w_node = max(float(analysis.pruned.influence[n]), 0.0)
-            for e in record.of_kind("top"):
-                w = w_node * max(e.activation, 0.0) / (record.act_max or 1.0)
-                total += w
-                share += w * any(background.texts.get(t, "").strip() == topic for t in set(e.tokens))
+        total = sum(w for w, _, _ in windows)  # the topic's weighted share of the windows, recomputed
+        share = sum(
+            w for w, tokens, _ in windows if any(background.texts[t].strip() == topic for t in tokens)
+        )
         assert share / total >= TOPIC_SHARE - 1e-9
     assert named >= 1
+
+
+def test_a_groups_examples_are_where_its_members_fire_as_here(organism, dallas):
+    """Each example's score is the weighted Jaccard overlap of the members' activations there with
+    theirs in the graph, recomputed on the context alone (no batch, no padding); the best is 1 at the
+    city itself, and the examples of the group at the city peak on Texas's cities."""
+    from clew.circuits.examples import group_examples
+    from clew.features.collect import feature_activations
+
+    model, tc, store = organism
+    a, _, _, circuit = dallas
+    group = next(g for g in circuit.supernodes if g.position == 7 and g.side == "specific")
+    found = group_examples(model, tc, a, group.members, store)
+    assert found == group_examples(model, tc, a, group.members, store)  # deterministic
+    assert [e.score for e in found] == sorted((e.score for e in found), reverse=True)
+    here = a.activations[group.members].float()
+    for e in found[:3]:
+        acts = feature_activations(model, tc, torch.tensor([list(e.tokens)]))
+        there = torch.stack(
+            [acts[int(a.features[n, 0])][0, e.peak, int(a.features[n, 2])] for n in group.members]
+        )
+        jaccard = float(torch.minimum(there, here).sum() / torch.maximum(there, here).sum())
+        assert abs(jaccard - e.score) < 1e-5
+    texts = store.vocab()
+    assert texts[found[0].tokens[found[0].peak]] == " Dallas" and found[0].score > 0.99
+    from clew.organism.world import US_STATES
+
+    texas = {w for s in US_STATES if s.name == "Texas" for c in s.cities for w in c.split()}
+    peaks = [texts[e.tokens[e.peak]].strip() for e in found[:3]]
+    assert all(p in texas for p in peaks), peaks

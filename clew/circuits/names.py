@@ -2,12 +2,15 @@
 
 A supernode's name pools its members, each weighted by its influence in the graph:
 
-- **fires on**: the tokens at the peaks of the members' top examples (from a feature store), each
-  example weighted by its activation relative to its feature's largest; up to three tokens holding at
-  least a tenth of the weight (``Dallas/Antonio/Worth``). Without a store, the members' own labels
-  are pooled the same way (the most common label part).
-- **topic**: the word most over-represented in the members' example windows against the store's
-  examples as a whole (a log-odds ratio, weighted by how often it occurs), when it appears in at least
+- **fires on**: the tokens at the peaks of the group's examples, each weighted; up to three tokens
+  holding at least a tenth of the weight (``Dallas/Antonio/Worth``). With the model and dictionary at
+  hand, the examples are the group's own (:mod:`clew.circuits.examples`: the contexts where the
+  members fire together as they do here, weighted by how much of the group's activation they
+  reproduce); without them, each member's stored top examples, weighted by the member's influence
+  and the example's activation relative to its feature's largest. Without a store, the members' own
+  labels are pooled the same way (the most common label part).
+- **topic**: the word most over-represented in those example windows against the store's examples
+  as a whole (a log-odds ratio, weighted by how often it occurs), when it appears in at least
   :data:`TOPIC_SHARE` of the windows and adds to the name: it is none of the peak tokens, no token of
   the prompt (which the picture shows anyway) and not the token the group says: ``(Texas)``. This is
   what lets a group of city features be named by the state the corpus mentions beside them (the
@@ -31,8 +34,11 @@ from collections.abc import Iterable
 import torch
 
 from clew.attribution import Analysis, Graph
+from clew.circuits.examples import group_examples
 from clew.circuits.groups import Supernode
+from clew.dictionaries import Transcoder
 from clew.features import FeatureStore
+from clew.models import Transformer
 
 STOP = {
     "is", "in", "of", "the", "a", "an", "to", "and", "was", "that", "it", "he", "she", "on", "at", "for",
@@ -95,40 +101,47 @@ def _pooled(weights: dict[int, float], k: int = 3) -> list[int]:
     return [t for t, w in ranked[:k] if w >= 0.1 * total] or [ranked[0][0]]
 
 
-def fires_on_and_topic(
-    graph: Graph,
-    members: Iterable[int],
-    influence: torch.Tensor,
-    store: FeatureStore,
-    background: Background,
-    shown: Iterable[int] = (),
-) -> tuple[str, str]:
-    """The pooled peak tokens (``a/b/c``) and the topic word (or ``""``) of a group of feature nodes;
-    ``shown``: tokens the name shows anyway (the one the group says), never the topic."""
-    texts = background.texts
-    peaks: dict[int, float] = {}
-    windows: Counter[int] = Counter()
-    n_windows = 0.0
+Window = tuple[float, tuple[int, ...] | list[int], int]
+"""An example window a name is read from: (weight, tokens, the peak's index in them)."""
+
+
+def member_windows(
+    graph: Graph, members: Iterable[int], influence: torch.Tensor, store: FeatureStore
+) -> list[Window]:
+    """Each member's stored top examples, weighted by the member's influence and the example's
+    activation relative to its feature's largest."""
+    out: list[Window] = []
     for n in members:
-        layer, index = int(graph.features[n, 0]), int(graph.features[n, 2])
-        record = store.feature(layer, index)
+        record = store.feature(int(graph.features[n, 0]), int(graph.features[n, 2]))
         w_node = max(float(influence[n]), 0.0)
         scale = record.act_max or 1.0
         for e in record.of_kind("top"):
-            if not e.tokens:
-                continue
-            w = w_node * max(e.activation, 0.0) / scale
-            peaks[e.tokens[e.peak]] = peaks.get(e.tokens[e.peak], 0.0) + w
-            for t in set(e.tokens):
-                windows[t] += w
-            n_windows += w
+            if e.tokens:
+                out.append((w_node * max(e.activation, 0.0) / scale, e.tokens, e.peak))
+    return out
+
+
+def fires_on_and_topic(
+    graph: Graph, windows: list[Window], background: Background, shown: Iterable[int] = ()
+) -> tuple[str, str]:
+    """The pooled peak tokens (``a/b/c``) and the topic word (or ``""``) of a group's example
+    ``windows``; ``shown``: tokens the name shows anyway (the one the group says), never the topic."""
+    texts = background.texts
+    peaks: dict[int, float] = {}
+    counts: Counter[int] = Counter()
+    n_windows = 0.0
+    for w, tokens, peak in windows:
+        peaks[tokens[peak]] = peaks.get(tokens[peak], 0.0) + w
+        for t in set(tokens):
+            counts[t] += w
+        n_windows += w
     chosen = _pooled(peaks)
     fires = "/".join(_word(texts.get(t, str(t))) for t in chosen)
     if n_windows <= 0:
         return fires, ""
     best, best_score = None, 0.0
     skip = set(graph.tokens.tolist()) | set(chosen) | set(shown)
-    for t, w in windows.items():
+    for t, w in counts.items():
         if t in skip or not _is_word(texts.get(t, "")):
             continue
         rate = w / n_windows
@@ -139,6 +152,23 @@ def fires_on_and_topic(
             best, best_score = t, score
     topic = _word(texts[best]) if best is not None and best_score > 0.2 else ""
     return fires, topic
+
+
+def windows_of(
+    graph: Graph,
+    members: list[int],
+    influence: torch.Tensor,
+    store: FeatureStore,
+    model: Transformer | None = None,
+    transcoder: Transcoder | None = None,
+) -> list[Window]:
+    """The windows a group's name is read from: its own examples when the model and dictionary are
+    given (and any are found), else its members' (module docstring)."""
+    if model is not None and transcoder is not None:
+        found = group_examples(model, transcoder, graph, members, store)
+        if found:
+            return [(e.score, e.tokens, e.peak) for e in found]
+    return member_windows(graph, members, influence, store)
 
 
 def says(graph: Graph, analysis: Analysis, members: list[int]) -> tuple[str, int | None]:
@@ -164,6 +194,8 @@ def name_of(
     labels: dict[int, str] | None = None,
     store: FeatureStore | None = None,
     background: Background | None = None,
+    model: Transformer | None = None,
+    transcoder: Transcoder | None = None,
 ) -> str:
     """A short name for one supernode (module docstring)."""
     influence = analysis.pruned.influence
@@ -171,9 +203,8 @@ def name_of(
     fires, topic = "", ""
     if store is not None:
         shown = () if said_token is None else (said_token,)
-        fires, topic = fires_on_and_topic(
-            graph, group.members, influence, store, background or Background.of(store), shown
-        )
+        windows = windows_of(graph, group.members, influence, store, model, transcoder)
+        fires, topic = fires_on_and_topic(graph, windows, background or Background.of(store), shown)
     elif labels:
         parts: dict[str, float] = {}
         for n in group.members:
@@ -194,10 +225,13 @@ def name_supernodes(
     groups: list[Supernode],
     labels: dict[int, str] | None = None,
     store: FeatureStore | None = None,
+    model: Transformer | None = None,
+    transcoder: Transcoder | None = None,
 ) -> list[Supernode]:
-    """Name every group in place (and return them)."""
+    """Name every group in place (and return them); with ``model`` and ``transcoder`` (and a store),
+    from the groups' own examples."""
     background = Background.of(store) if store is not None else None
     for group in groups:
         if group.source == "auto" or not group.name:
-            group.name = name_of(graph, analysis, group, labels, store, background)
+            group.name = name_of(graph, analysis, group, labels, store, background, model, transcoder)
     return groups

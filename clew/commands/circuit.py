@@ -104,12 +104,12 @@ def circuit_of(
     graph, analysis = one(prompt)
     labels = labels_of(graph)
     other = one(contrast_prompt) if contrast_prompt else None
-    circuit = find_circuit(graph, analysis, labels, store, other[0] if other else None, config)
+    circuit = find_circuit(graph, analysis, labels, store, other[0] if other else None, config, model, tc)
     tested = None
     if claims:
         tested = measure_claims(model, tc, circuit, seed=seed)
         if other is not None:
-            contrast = find_circuit(other[0], other[1], labels_of(other[0]), store, graph, config)
+            contrast = find_circuit(other[0], other[1], labels_of(other[0]), store, graph, config, model, tc)
             tested.swap = measure_swap(model, tc, circuit, contrast, seed=seed)
     return Found(graph, analysis, circuit, tested, labels)
 

@@ -1,0 +1,167 @@
+"""A supernode's own examples: the contexts where its members fire together as they do in the graph.
+
+A group that carries something often carries it as a code. At Tucson, the organism's state is written
+by features whose top examples are Mesa, Valdosta and Concord: no member means Arizona alone, and each
+one's examples name other places. What the group means shows where the code recurs, that is where
+the members fire together in the proportions they have here.
+
+Candidates are the contexts of the members' stored examples (top and random: the feature store keeps
+nothing else). Each is run again through the model and the dictionary as a context of its own (from
+the beginning-of-sequence token when the model has one). Each position is scored by the share of the
+group's pattern of activations in the graph it reproduces, a weighted Jaccard overlap:
+
+    score = sum_i min(a_i, h_i) / sum_i max(a_i, h_i)
+
+where ``h_i`` is member i's activation in the graph and ``a_i`` its activation at that position (0
+when off). A position where every member fires as strongly as here scores 1. One where only a
+member of eight fires scores about an eighth, and less when that member fires far more strongly than
+here: its own top examples, where it means what it means alone, are not the group's. (The one-sided
+share, ``sum_i min(a_i, h_i) / sum_i h_i``, named the Dallas group from a member's top examples of
+Newport, Rhode Island.) The best position of each context is its
+example; the examples are ranked by score (ties by their tokens), so they are deterministic.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from clew.attribution import Graph
+from clew.dictionaries import Transcoder
+from clew.features import FeatureStore
+from clew.features.collect import feature_activations
+from clew.models import Transformer
+
+N_EXAMPLES = 10
+"""Examples kept per group: the contexts most like here (on the organism's cities, 20 or 40 named the
+state less often than 10; ``docs/circuits.md``)."""
+
+MAX_CONTEXTS = 1024
+"""Candidate contexts run per group at most (the members' examples in store order, deduplicated)."""
+
+BATCH = 64
+"""Contexts per forward pass."""
+
+MAX_KEPT = 20_000
+"""Contexts whose activations :class:`ContextActivations` keeps: sparse, about 20 KB each on the
+organism (25 tokens, 4 layers, 16 features each), so 400 MB at most."""
+
+
+@dataclass(frozen=True)
+class GroupExample:
+    """One context where the group's members fire together as they do in the graph."""
+
+    score: float
+    """How closely the members' activations at the peak match the graph's (0 to 1, module docstring)."""
+    tokens: tuple[int, ...]
+    """The context, as run (with the beginning-of-sequence token when the model has one)."""
+    peak: int
+    """The position of the best-scoring token in :attr:`tokens`."""
+
+
+def candidate_contexts(
+    graph: Graph, members: Iterable[int], store: FeatureStore, bos: int | None
+) -> list[tuple[int, ...]]:
+    """The distinct contexts of the members' stored examples, each starting with ``bos`` when given."""
+    seen: dict[tuple[int, ...], None] = {}
+    for n in members:
+        record = store.feature(int(graph.features[n, 0]), int(graph.features[n, 2]))
+        for e in record.examples:
+            tokens = tuple(e.tokens)
+            if not tokens:
+                continue
+            if bos is not None and tokens[0] != bos:
+                tokens = (bos, *tokens)
+            seen.setdefault(tokens)
+            if len(seen) >= MAX_CONTEXTS:
+                return list(seen)
+    return list(seen)
+
+
+class ContextActivations:
+    """The dictionary's activations on contexts, run once and kept sparse (a context's active features
+    per layer), so that the many groups of a graph, and the graphs of one session, whose members'
+    examples overlap, each run a context only once. :meth:`of` keeps one per dictionary."""
+
+    _kept: weakref.WeakKeyDictionary[Transcoder, ContextActivations] = weakref.WeakKeyDictionary()
+
+    def __init__(self, model: Transformer, transcoder: Transcoder):
+        self.model, self.transcoder = model, transcoder
+        self.bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+        self.kept: dict[
+            tuple[int, ...], dict[int, Tensor]
+        ] = {}  # context -> layer -> (n, 3) pos, index, value
+
+    @classmethod
+    def of(cls, model: Transformer, transcoder: Transcoder) -> ContextActivations:
+        kept = cls._kept.get(transcoder)
+        if kept is None or kept.model is not model:
+            kept = cls._kept[transcoder] = cls(model, transcoder)
+        return kept
+
+    @torch.no_grad()
+    def run(self, contexts: list[tuple[int, ...]]) -> None:
+        """Run the contexts not kept yet (the oldest are forgotten beyond :data:`MAX_KEPT`)."""
+        todo = sorted({c for c in contexts if c not in self.kept}, key=lambda c: (len(c), c))
+        device = self.model.embed.weight.device
+        for start in range(0, len(todo), BATCH):
+            batch = todo[start : start + BATCH]
+            width = max(len(c) for c in batch)
+            # padded on the right: under causal attention the padding never reaches a real position
+            ids = torch.tensor([list(c) + [c[-1]] * (width - len(c)) for c in batch], device=device)
+            acts = feature_activations(self.model, self.transcoder, ids)  # layer -> (B, P, F)
+            for b, c in enumerate(batch):
+                per_layer = {}
+                for layer, a in acts.items():
+                    on = a[b, : len(c)].nonzero()  # (n, 2) position, index
+                    values = a[b, on[:, 0], on[:, 1]]
+                    per_layer[layer] = torch.cat([on.float(), values[:, None]], 1).cpu()
+                self.kept[c] = per_layer
+        while len(self.kept) > MAX_KEPT:
+            del self.kept[next(iter(self.kept))]
+
+    def members(self, context: tuple[int, ...], layers: list[int], index: list[int]) -> Tensor:
+        """(len(context), k): the activations of k features, (layers[i], index[i]), on a kept context."""
+        out = torch.zeros(len(context), len(layers))
+        kept = self.kept[context]
+        for j, (layer, i) in enumerate(zip(layers, index)):
+            rows = kept.get(layer)
+            if rows is None or not len(rows):
+                continue
+            hit = rows[:, 1] == i
+            out[rows[hit, 0].long(), j] = rows[hit, 2]
+        return out
+
+
+def group_examples(
+    model: Transformer,
+    transcoder: Transcoder,
+    graph: Graph,
+    members: list[int],
+    store: FeatureStore,
+    n: int = N_EXAMPLES,
+) -> list[GroupExample]:
+    """The ``n`` contexts, among the members' stored examples, where the group fires most as it does
+    in ``graph`` (module docstring)."""
+    here = graph.activations[members].float().clamp_min(0)
+    if not members or float(here.sum()) <= 0:
+        return []
+    layers = graph.features[members, 0].tolist()
+    index = graph.features[members, 2].tolist()
+    runner = ContextActivations.of(model, transcoder)
+    contexts = candidate_contexts(graph, members, store, runner.bos)
+    runner.run(contexts)
+    found: list[GroupExample] = []
+    for c in contexts:
+        a = runner.members(c, layers, index)  # (P, k)
+        score = torch.minimum(a, here).sum(-1) / torch.maximum(a, here).sum(-1)  # (P,)
+        if runner.bos is not None:
+            score[0] = -1.0  # the beginning-of-sequence token is nobody's example
+        peak = int(score.argmax())
+        found.append(GroupExample(float(score[peak]), c, peak))
+    found.sort(key=lambda e: (-e.score, e.tokens, e.peak))
+    return [e for e in found[:n] if e.score > 0]
