@@ -41,6 +41,15 @@ def _names(name: str, state: str) -> bool:
     return re.search(rf"\b{re.escape(state)}\b", name, flags=re.IGNORECASE) is not None
 
 
+def _state_cities(name: str, state, city: str) -> bool:
+    """Whether the name's "fires on" part (``a/b/c``) holds a word of another city of the state, one
+    that is no word of the prompt's city."""
+    fires = name.split(" (")[0].split(" →")[0].split("/")
+    own = set(city.split())
+    words = {w for c in state.cities if c != city for w in c.split()} - own
+    return any(f.strip() in words for f in fires)
+
+
 def jaccard_match(a: list[list[int]], b: list[list[int]]) -> float:
     """Mean over a's groups of the best Jaccard overlap with a group of b, weighted by group size."""
     if not a:
@@ -62,7 +71,7 @@ def main() -> None:
         "--skip-states",
         type=int,
         default=0,
-        help="start after this many states (12: the next 12 states, a set the naming rules were not tuned on)",
+        help="start after this many states (12, 24, 36: the other sets of 12; the naming rule was tuned on the first two)",
     )
     parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args()
@@ -85,12 +94,12 @@ def main() -> None:
     else:
         store = shipped_store(args.dictionary, tc) if shipped else None
     lines = [
-        "| city | state | two-hop | supernode at the city | names the state | p(capital) clean | "
+        "| city | state | two-hop | supernode at the city | names the state | fires on its other cities | p(capital) clean | "
         "out: p(capital) | control: p(capital) | below control | swap with | top after swap | swap worked | "
         "top after swap, errors live | worked, errors live |",
-        "|---|---|---|---|---|---:|---:|---:|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---:|---:|---:|---|---|---|---|---|---|",
     ]
-    tally = {"rows": 0, "named": 0, "wrong": 0, "below": 0, "swapped": 0, "live": 0, "found": 0}
+    tally = {"rows": 0, "named": 0, "wrong": 0, "cities": 0, "below": 0, "swapped": 0, "live": 0, "found": 0}
     t0 = time.perf_counter()
     for city, state, kind, contrast_city, other in cities(args.states, args.skip_states):
         found = circuit_of(model, tc, TEMPLATE.format(city), store, TEMPLATE.format(contrast_city))
@@ -108,7 +117,7 @@ def main() -> None:
         live = f"{swap.live[2]!r} | {'yes' if swapped_live else 'no'}"
         if not at_city:
             lines.append(
-                f"| {city} | {state.name} | {kind} | none | no | {float(graph.logit_probs[0]):.3f} | | | no | "
+                f"| {city} | {state.name} | {kind} | none | no | no | {float(graph.logit_probs[0]):.3f} | | | no | "
                 f"{contrast_city} | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} |"
             )
             continue
@@ -122,19 +131,21 @@ def main() -> None:
         tally["named"] += named
         wrong = [] if named else [s.name for s in US_STATES if s is not state and _names(best.name, s.name)]
         tally["wrong"] += bool(wrong)
+        region = _state_cities(best.name, state, city)
+        tally["cities"] += region
         below = claim is not None and claim.p_after < claim.p_control
         tally["below"] += below
         p_out = f"{claim.p_after:.3f}" if claim else "(not in summary)"
         p_ctl = f"{claim.p_control:.3f}" if claim else ""
         lines.append(
-            f"| {city} | {state.name} | {kind} | [{best.name}] ({len(best.members)}) | {'yes' if named else ('no, ' + wrong[0] if wrong else 'no')} | "
+            f"| {city} | {state.name} | {kind} | [{best.name}] ({len(best.members)}) | {'yes' if named else ('no, ' + wrong[0] if wrong else 'no')} | {'yes' if region else 'no'} | "
             f"{float(graph.logit_probs[0]):.3f} {answer!r} | {p_out} | {p_ctl} | {'yes' if below else 'no'} | "
             f"{contrast_city} ({other.capital}) | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} |"
         )
     n = tally["rows"]
     summary = (
         f"\n{n} cities in {args.states} states ({time.perf_counter() - t0:.0f} s): a specific supernode at the city in "
-        f"{tally['found']}/{n}; its name names the state in {tally['named']}/{n} (and another state in {tally['wrong']}/{n}); taking it out leaves the "
+        f"{tally['found']}/{n}; its name names the state in {tally['named']}/{n} (and another state in {tally['wrong']}/{n}); the tokens it fires on include another city of the state in {tally['cities']}/{n}; taking it out leaves the "
         f"capital less likely than a matched random group in {tally['below']}/{n}; the swap gives the other "
         f"state's capital in {tally['swapped']}/{n} in the replacement model (errors frozen) and in "
         f"{tally['live']}/{n} through the model's own MLPs (errors live)."

@@ -150,8 +150,40 @@ def fires_on_and_topic(
         score = rate * math.log(rate / background.rate(t))
         if score > best_score + 1e-12:
             best, best_score = t, score
-    topic = _word(texts[best]) if best is not None and best_score > 0.2 else ""
-    return fires, topic
+    if best is None or best_score <= 0.2:
+        return fires, ""
+    return fires, _word(_phrase(best, windows, texts, graph.tokens.tolist()))
+
+
+PHRASE_SHARE = 2 / 3
+"""A neighbour joins the topic word when it stands beside it in this share of its occurrences."""
+
+
+def _phrase(token: int, windows: list[Window], texts: dict[int, str], skip: Iterable[int] = ()) -> str:
+    """The topic token with the word that stands beside it in most of its occurrences (by weight),
+    before and after, so that a name made of several tokens is read whole: ``New Hampshire``, not
+    ``Hampshire``. A neighbour in ``skip`` (the prompt's tokens) never joins."""
+    skip = set(skip)
+    left: Counter[int] = Counter()
+    right: Counter[int] = Counter()
+    total = 0.0
+    for w, tokens, _ in windows:
+        for j, t in enumerate(tokens):
+            if t != token:
+                continue
+            total += w
+            if j > 0:
+                left[tokens[j - 1]] += w
+            if j + 1 < len(tokens):
+                right[tokens[j + 1]] += w
+    text = texts.get(token, "")
+    for side, counts in (("left", left), ("right", right)):
+        if not counts or total <= 0:
+            continue
+        t, w = max(counts.items(), key=lambda kv: (kv[1], -kv[0]))
+        if w >= PHRASE_SHARE * total and t not in skip and _is_word(texts.get(t, "")):
+            text = texts[t] + text if side == "left" else text + texts[t]
+    return text
 
 
 def windows_of(
