@@ -2,11 +2,13 @@
 state, does taking it out hurt the capital more than a matched random group, and does swapping in
 another state's group give that state's capital? Every row is printed; nothing is picked.
 
-    python examples/circuit_cities.py [--dictionary clt|plt] [--out docs/circuits-cities.md]
+    python examples/circuit_cities.py [--skip-states 0|12|24|36] [--dictionary clt|plt] [--out FILE]
 
 Cities: for each of the first states (table order) with at least three cities, one city taught in the
-two-hop sentence and the held-out one (never seen in that sentence), each contrasted with a city of the
-next state. Stability: the supernodes of one graph found twice, and at neighbouring prune thresholds.
+two-hop sentence and the held-out one (never seen in that sentence), each contrasted with a taught city
+of the next state with as many tokens when it has one. The supernode at the city is the most
+influential one, specific to the city, at any of the city's tokens. Stability: the supernodes of one
+graph found twice, and at neighbouring prune thresholds.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from pathlib import Path
 TEMPLATE = "The capital of the state containing {} is"
 
 
-def cities(n_states: int, skip: int = 0):
+def cities(n_states: int, skip: int = 0, length=None):
+    """(city, state, taught or held out, contrast city, its state) rows. The contrast is the next
+    state's first taught city, or with ``length`` (a city's number of tokens) its first taught city as
+    long as the city when it has one: the swap puts the contrast's features in at aligned positions,
+    and a contrast longer than the city has positions with nowhere to go."""
     from clew.organism.corpus import Split
     from clew.organism.world import US_STATES
 
@@ -30,9 +36,10 @@ def cities(n_states: int, skip: int = 0):
         other = states[(i + 1) % len(states)]
         taught = next(c for c in state.cities if c not in split.heldout_cities)
         held = next(c for c in state.cities if c in split.heldout_cities)
-        contrast = next(c for c in other.cities if c not in split.heldout_cities)
+        choices = [c for c in other.cities if c not in split.heldout_cities]
         for city, kind in ((taught, "taught"), (held, "held out")):
-            rows.append((city, state, kind, contrast, other))
+            same = [c for c in choices if length is not None and length(c) == length(city)]
+            rows.append((city, state, kind, (same or choices)[0], other))
     return rows
 
 
@@ -73,6 +80,13 @@ def main() -> None:
         default=0,
         help="start after this many states (12, 24, 36: the other sets of 12; the naming rule was tuned on the first two)",
     )
+    parser.add_argument(
+        "--contrast",
+        choices=["same-length", "first"],
+        default="same-length",
+        help="the contrast city: the next state's first taught city with as many tokens as the city "
+        "(when it has one; the default), or its first taught city whatever its length",
+    )
     parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args()
 
@@ -81,6 +95,7 @@ def main() -> None:
     from clew.circuits import group_features
     from clew.commands.circuit import circuit_of
     from clew.commands.demo import shipped_store
+    from clew.intervene.swap import align
     from clew.organism.world import US_STATES
     from clew.resolve import load_model_and_dictionary
 
@@ -101,11 +116,18 @@ def main() -> None:
     ]
     tally = {"rows": 0, "named": 0, "wrong": 0, "cities": 0, "below": 0, "swapped": 0, "live": 0, "found": 0}
     t0 = time.perf_counter()
-    for city, state, kind, contrast_city, other in cities(args.states, args.skip_states):
+
+    def length(city: str) -> int:
+        return len(model.tokenizer(" " + city, add_special_tokens=False)["input_ids"])
+
+    rows = cities(args.states, args.skip_states, length if args.contrast == "same-length" else None)
+    for city, state, kind, contrast_city, other in rows:
         found = circuit_of(model, tc, TEMPLATE.format(city), store, TEMPLATE.format(contrast_city))
         graph, circuit, claims = found.graph, found.circuit, found.claims
-        city_pos = graph.n_pos - 2  # the city's last token; ' is' follows
-        at_city = [s for s in circuit.supernodes if s.position == city_pos and s.side == "specific"]
+        other_ids = model.tokenizer(TEMPLATE.format(contrast_city))["input_ids"]
+        _, city_span, _ = align(graph.tokens.tolist(), other_ids)  # the city's tokens
+        # the most influential supernode at the city's tokens that the contrast lacks
+        at_city = [s for s in circuit.supernodes if s.position in city_span and s.side == "specific"]
         tally["rows"] += 1
         swap = claims.swap
         answer = graph.logit_labels[0]

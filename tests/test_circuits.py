@@ -111,6 +111,11 @@ def test_claims_constrained_equals_the_graph_and_the_swap_runs(organism, dallas)
     contrast = find_circuit(b, analyze(b), graph_labels(store, b), store, contrast=a)
     swap = measure_swap(model, tc, circuit, contrast)
     assert swap.n_out > 0 and swap.n_in > 0
+    from clew.intervene.swap import specific
+
+    # ' Los' has no counterpart in the one-token ' Dallas': its features are counted as left out
+    los = [n for n in specific(b, a) if int(b.features[n, 1]) == 7]
+    assert los and swap.left_out == len(los) and swap.n_in + swap.left_out == len(specific(b, a))
     assert swap.p_answer[1] < swap.p_answer[0]  # Austin falls when Texas's specific features go
     assert swap.live is not None and swap.live[0] < swap.p_answer[0]  # also through the model's own MLPs
     assert swap.worked and swap.worked_live  # California's features in: Sacramento both ways

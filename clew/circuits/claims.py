@@ -91,6 +91,9 @@ class Swap:
     live: tuple[float, float, str] | None = None
     """The same swap through the model's own MLPs (errors live): p(answer), p(contrast answer), top
     token."""
+    left_out: int = 0
+    """The contrast's specific features at positions of its span with no counterpart here (its span
+    is longer), which have nowhere to go: not in :attr:`n_in`."""
 
     @property
     def worked(self) -> bool:
@@ -124,7 +127,13 @@ class Claims:
         if self.swap is not None:
             s = self.swap
             lines.append(
-                f"\nswap: {s.n_out} specific features of this prompt out, {s.n_in} of {s.contrast!r} in: "
+                f"\nswap: {s.n_out} specific features of this prompt out, {s.n_in} of {s.contrast!r} in"
+                + (
+                    f" ({s.left_out} more at positions of its span with no counterpart here left out)"
+                    if s.left_out
+                    else ""
+                )
+                + ": "
                 f"p({s.answer!r}) {s.p_answer[0]:.3f} → {s.p_answer[1]:.3f} (control {s.p_answer[2]:.3f}), "
                 f"p({s.contrast_answer!r}) {s.p_contrast[0]:.3f} → {s.p_contrast[1]:.3f} (control {s.p_contrast[2]:.3f}); "
                 f"top token {s.top[0]!r} (control {s.top[1]!r})"
@@ -209,7 +218,8 @@ def measure_swap(
     out_nodes, in_nodes = specific(a, b), specific(b, a)
     rows_a, rows_b = feature_rows(a, out_nodes), feature_rows(b, in_nodes)
     tokens = a.tokens.to(model.embed.weight.device)
-    edits = Interventions(zero_edits(rows_a) + put_edits(rows_b, to_a))
+    put = put_edits(rows_b, to_a)
+    edits = Interventions(zero_edits(rows_a) + put)
     swap = intervene(model, tc, tokens, edits, errors="frozen")
     live = intervene(model, tc, tokens, edits, errors="live")
     gen = torch.Generator().manual_seed(seed)
@@ -228,9 +238,10 @@ def measure_swap(
         a.logit_labels[0],
         b.logit_labels[0],
         len(rows_a),
-        len(rows_b),
+        len(put),
         (float(swap.probs(clean=True)[ta]), float(swap.probs()[ta]), float(control.probs()[ta])),
         (float(swap.probs(clean=True)[tb]), float(swap.probs()[tb]), float(control.probs()[tb])),
         (decode(int(swap.logits.argmax())), decode(int(control.logits.argmax()))),
         (float(live.probs()[ta]), float(live.probs()[tb]), decode(int(live.logits.argmax()))),
+        len(rows_b) - len(put),
     )

@@ -179,6 +179,7 @@ def run_swap(
         "span": [[graph.token_strings[p] for p in span], [other.token_strings[p] for p in span_other]],
         "n_out": len(rows_out),
         "n_in": len(put),
+        "left_out": len(rows_in) - len(put),  # the other's features at positions with no counterpart here
         "control_n": [len(ctrl_out), len(ctrl_put)],
         "modes": {"free": {"before": _top(model, before, k), "after": _top(model, after, k)}},
         "control": {"after": _top(model, after_control, k)},

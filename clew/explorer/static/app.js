@@ -461,7 +461,8 @@ function showSwap(out, r, nodes) {
   const fmt = (list) => list.map((t) => `${JSON.stringify(t.token)} ${t.p.toFixed(3)}`).join(", ");
   out.append(
     el("div", `swapped with ${r.other} (${JSON.stringify(r.span[0].join(""))} → ${JSON.stringify(r.span[1].join(""))}): ` +
-      `${r.n_out} features out (${nodes.join(", ")}), ${r.n_in} specific features of the other prompt in`, "muted"),
+      `${r.n_out} features out (${nodes.join(", ")}), ${r.n_in} specific features of the other prompt in` +
+      (r.left_out ? ` (${r.left_out} more at positions with no counterpart here left out)` : ""), "muted"),
   );
   const box = el("div", undefined, "mode");
   box.dataset.mode = "free";
