@@ -1,18 +1,19 @@
 """Names of supernodes, from what their members fire on, the context they fire in, and what they say.
 
-A supernode's name pools its members, each weighted by its influence in the graph:
+A supernode's name is read from a set of example windows of the group:
 
-- **fires on**: the tokens at the peaks of the group's examples, each weighted; up to three tokens
-  holding at least a tenth of the weight (``Dallas/Antonio/Worth``). With the model and dictionary at
-  hand, the examples are the group's own (:mod:`clew.circuits.examples`: the contexts where the
-  members fire together as they do here, weighted by how much of the group's activation they
-  reproduce); without them, each member's stored top examples, weighted by the member's influence
-  and the example's activation relative to its feature's largest. Without a store, the members' own
-  labels are pooled the same way (the most common label part).
+- **examples**: with the model and dictionary at hand, the group's own (:mod:`clew.circuits.examples`:
+  the contexts where the members fire together as they do here, each weighted by how closely they
+  do); without them, each member's stored top examples, weighted by the member's influence and the
+  example's activation relative to its feature's largest.
+- **fires on**: the tokens at the examples' peaks, up to three holding at least a tenth of the weight
+  (``Antonio/Dallas/Paso``). Without a store, the members' own labels are pooled instead (the most
+  common label part, weighted by influence).
 - **topic**: the word most over-represented in those example windows against the store's examples
   as a whole (a log-odds ratio, weighted by how often it occurs), when it appears in at least
   :data:`TOPIC_SHARE` of the windows and adds to the name: it is none of the peak tokens, no token of
-  the prompt (which the picture shows anyway) and not the token the group says: ``(Texas)``. This is
+  the prompt (which the picture shows anyway) and not the token the group says: ``(Texas)``. A word
+  beside it in :data:`PHRASE_SHARE` of its occurrences joins it (``New Hampshire``). This is
   what lets a group of city features be named by the state the corpus mentions beside them (the
   organism's stores keep 8 tokens after each peak, so that "Tucson is a city in Arizona" shows the
   state).
