@@ -164,6 +164,7 @@ def test_circuit_command(tmp_path, capsys):
 def test_a_topic_adds_to_the_name_and_meets_its_share(organism, dallas):
     """The topic word in a name is a word of the group's example windows, in at least TOPIC_SHARE of
     them (by weight), and none of the prompt's tokens, the peak tokens or the token the group says."""
+    from clew.circuits.examples import group_examples
     from clew.circuits.names import TOPIC_SHARE, Background, fires_on_and_topic, says, windows_of
 
     model, tc, store = organism
@@ -173,7 +174,9 @@ def test_a_topic_adds_to_the_name_and_meets_its_share(organism, dallas):
     named = 0
     for g in circuit.supernodes:
         said, token = says(a, analysis, g.members)
-        windows = windows_of(a, g.members, analysis.pruned.influence, store, model, tc)
+        found = group_examples(model, tc, a, g.members, store)
+        assert g.examples == [e.text(store) for e in found[:3]]  # shown beside the name
+        windows = windows_of(a, g.members, analysis.pruned.influence, store, found)
         fires, topic = fires_on_and_topic(a, windows, background, [token])
         assert f"({topic})" in g.name if topic else "(" not in g.name.split("→")[0]
         if not topic:

@@ -275,6 +275,8 @@ def test_writes_need_the_token_and_the_servers_origin(made):
         {"supernodes": [{"name": "x", "members": []}]},
         {"supernodes": [{"name": "x", "members": ["logit@0"], "source": "evil"}]},
         {"supernodes": [{"name": "x", "members": ["logit@0"], "why": {"token@1": "not a member"}}]},
+        {"supernodes": [{"name": "x", "members": ["logit@0"], "examples": "not a list"}]},
+        {"supernodes": [{"name": "x", "members": ["logit@0"], "examples": [3]}]},
         {"labels": {"nope": "x"}},
         {"labels": {"logit@0": 3}},
         {"view": {"threshold": 2}},
@@ -293,7 +295,8 @@ def test_bad_state_is_refused_and_the_file_untouched(made, state):
 
 
 def test_automatic_supernodes_are_kept_when_saving(made, tmp_path):
-    """clew.circuits writes supernodes (why per member, a side); the page sends them back with a user's."""
+    """clew.circuits writes supernodes (why per member, a side, examples); the page sends them back
+    with a user's."""
     import shutil
 
     from clew.attribution import analyze
@@ -303,6 +306,7 @@ def test_automatic_supernodes_are_kept_when_saving(made, tmp_path):
     graph = Graph.load(made["root"] / "circuit.safetensors")
     graph.annotations = {}
     find_circuit(graph, analyze(graph))
+    graph.annotations["supernodes"][0]["examples"] = ["… containing⟦ Dallas⟧ is Austin… (1.00)"]
     graph.save(made["root"] / "circuit.safetensors")
     auto = graph.annotations["supernodes"]
     try:

@@ -62,6 +62,15 @@ class GroupExample:
     peak: int
     """The position of the best-scoring token in :attr:`tokens`."""
 
+    def text(self, store: FeatureStore, before: int = 6, after: int = 6) -> str:
+        """The example around its peak, the peak in ⟦ ⟧ and the score after it:
+        ``…state containing⟦ Dallas⟧ is Austin. The… (1.00)``."""
+        lo, hi = max(self.peak - before, 0), min(self.peak + after + 1, len(self.tokens))
+        parts = [store.text(t).replace("\n", "⏎") for t in self.tokens[lo:hi]]
+        parts[self.peak - lo] = f"⟦{parts[self.peak - lo]}⟧"
+        text = ("…" if lo > 0 else "") + "".join(parts) + ("…" if hi < len(self.tokens) else "")
+        return f"{text} ({self.score:.2f})"
+
 
 def candidate_contexts(
     graph: Graph, members: Iterable[int], store: FeatureStore, bos: int | None

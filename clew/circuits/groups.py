@@ -53,6 +53,9 @@ class Supernode:
     """``specific`` or ``shared`` when a contrast was given, else ``""``."""
     source: str = "auto"
     """``auto`` (found here) or ``user`` (edited in the explorer)."""
+    examples: list[str] = field(default_factory=list)
+    """The group's best examples as text, the peak in ⟦ ⟧ and its score after it, when it was named
+    from them (:mod:`clew.circuits.examples`)."""
 
     def layers(self, graph: Graph) -> tuple[int, int]:
         ls = [int(graph.features[n, 0]) for n in self.members if n < graph.n_features]
@@ -65,7 +68,7 @@ class Supernode:
             "why": {graph.node_key(n): w for n, w in self.why.items()},
             "side": self.side,
             "source": self.source,
-        }
+        } | ({"examples": list(self.examples)} if self.examples else {})
 
     @classmethod
     def from_json(cls, graph: Graph, data: dict[str, Any]) -> Supernode:
@@ -87,6 +90,7 @@ class Supernode:
             why,
             data.get("side", ""),
             data.get("source", "user"),
+            [str(e) for e in data.get("examples") or []],
         )
 
 

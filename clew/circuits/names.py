@@ -35,7 +35,7 @@ from collections.abc import Iterable
 import torch
 
 from clew.attribution import Analysis, Graph
-from clew.circuits.examples import group_examples
+from clew.circuits.examples import GroupExample, group_examples
 from clew.circuits.groups import Supernode
 from clew.dictionaries import Transcoder
 from clew.features import FeatureStore
@@ -53,6 +53,9 @@ city's features are mostly the sentences that use the city (in the organism, the
 itself, which never names the state), so the state is in one window in five or six, not one in three
 (the earlier floor, which named the state for 2 of 24 cities with the shipped CLT; see
 ``docs/circuits.md``)."""
+
+SHOWN = 3
+"""A group's examples kept with it (``Supernode.examples``) to show beside its name."""
 
 SAYS_SHARE = 0.25
 """A group says a token when this share of its outgoing flow goes straight into that logit."""
@@ -192,15 +195,12 @@ def windows_of(
     members: list[int],
     influence: torch.Tensor,
     store: FeatureStore,
-    model: Transformer | None = None,
-    transcoder: Transcoder | None = None,
+    examples: list[GroupExample] | None = None,
 ) -> list[Window]:
-    """The windows a group's name is read from: its own examples when the model and dictionary are
-    given (and any are found), else its members' (module docstring)."""
-    if model is not None and transcoder is not None:
-        found = group_examples(model, transcoder, graph, members, store)
-        if found:
-            return [(e.score, e.tokens, e.peak) for e in found]
+    """The windows a group's name is read from: its own ``examples`` when there are any (from
+    :func:`~clew.circuits.examples.group_examples`), else its members' (module docstring)."""
+    if examples:
+        return [(e.score, e.tokens, e.peak) for e in examples]
     return member_windows(graph, members, influence, store)
 
 
@@ -227,16 +227,15 @@ def name_of(
     labels: dict[int, str] | None = None,
     store: FeatureStore | None = None,
     background: Background | None = None,
-    model: Transformer | None = None,
-    transcoder: Transcoder | None = None,
+    examples: list[GroupExample] | None = None,
 ) -> str:
-    """A short name for one supernode (module docstring)."""
+    """A short name for one supernode (module docstring), from the group's own ``examples`` when given."""
     influence = analysis.pruned.influence
     said, said_token = says(graph, analysis, group.members)
     fires, topic = "", ""
     if store is not None:
         shown = () if said_token is None else (said_token,)
-        windows = windows_of(graph, group.members, influence, store, model, transcoder)
+        windows = windows_of(graph, group.members, influence, store, examples)
         fires, topic = fires_on_and_topic(graph, windows, background or Background.of(store), shown)
     elif labels:
         parts: dict[str, float] = {}
@@ -264,7 +263,10 @@ def name_supernodes(
     """Name every group in place (and return them); with ``model`` and ``transcoder`` (and a store),
     from the groups' own examples."""
     background = Background.of(store) if store is not None else None
+    own = store is not None and model is not None and transcoder is not None
     for group in groups:
         if group.source == "auto" or not group.name:
-            group.name = name_of(graph, analysis, group, labels, store, background, model, transcoder)
+            found = group_examples(model, transcoder, graph, group.members, store) if own else []
+            group.examples = [e.text(store) for e in found[:SHOWN]]
+            group.name = name_of(graph, analysis, group, labels, store, background, found)
     return groups

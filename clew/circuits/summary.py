@@ -120,8 +120,10 @@ class Circuit:
         )
         return f"{b.label()}{where}"
 
-    def table(self) -> list[str]:
-        """Every box but tokens and logits: key, name, size, place and influence."""
+    def table(self, examples: int = 2) -> list[str]:
+        """Every box but tokens and logits: key, name, size, place and influence, and under a
+        supernode named from its own examples, the first ``examples`` of them."""
+        shown = {tuple(s.members): s.examples for s in self.supernodes}
         lines = []
         for b in self.boxes:
             if b.kind in ("token", "logit"):
@@ -131,6 +133,7 @@ class Circuit:
                 f"{b.key:>4} {b.label()}  {size} at {self.graph.token_strings[b.position]!r}@{b.position}, "
                 f"layers {b.layers[0]}–{b.layers[1]}, influence {b.influence:.2f}"
             )
+            lines += [f"       e.g. {e}" for e in shown.get(tuple(b.members), [])[:examples]]
         return lines
 
     def to_json(self) -> dict[str, Any]:

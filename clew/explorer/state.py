@@ -63,7 +63,7 @@ def check_state(state: Any, keys: set[str]) -> dict[str, Any]:
         where = f"supernodes[{i}]"
         if not isinstance(s, dict):
             raise ClewError(f"state: {where} is not an object")
-        extra = set(s) - {"name", "members", "why", "side", "source"}
+        extra = set(s) - {"name", "members", "why", "side", "source", "examples"}
         if extra:
             raise ClewError(f"state: {where} has an unknown field {sorted(extra)[0]!r}")
         name = _text(s.get("name"), f"{where}.name").strip()
@@ -91,6 +91,11 @@ def check_state(state: Any, keys: set[str]) -> dict[str, Any]:
         entry = {"name": name, "members": members, "why": why, "source": source}
         if "side" in s:
             entry["side"] = _text(s["side"], f"{where}.side")
+        if "examples" in s:  # clew.circuits: the group's best examples, as text
+            entry["examples"] = [
+                _text(e, f"{where}.examples[{j}]")
+                for j, e in enumerate(_list(s["examples"], f"{where}.examples"))
+            ]
         supernodes.append(entry)
     out["supernodes"] = supernodes
 

@@ -332,7 +332,9 @@ function renderPins() {
     name.value = s.name;
     name.className = "rename";
     const why = typeof s.why === "string" ? s.why : Object.values(s.why || {}).slice(0, 5).join("; ");
-    name.title = `${s.members.length} members: ${s.members.join(", ")}${why ? "\n" + why : ""}`;
+    const examples = (s.examples || []).map((e) => "e.g. " + e).join("\n");
+    name.title = `${s.members.length} members: ${s.members.join(", ")}${why ? "\n" + why : ""}` +
+      (examples ? "\n" + examples : "");
     name.addEventListener("change", () => rename(idx, name.value));
     const ungroup = el("button", "ungroup");
     ungroup.addEventListener("click", () => {
