@@ -234,3 +234,57 @@ def test_a_groups_examples_are_where_its_members_fire_as_here(organism, dallas):
     texas = {w for s in US_STATES if s.name == "Texas" for c in s.cities for w in c.split()}
     peaks = [texts[e.tokens[e.peak]].strip() for e in found[:3]]
     assert all(p in texas for p in peaks), peaks
+
+
+def test_own_examples_name_groups_of_any_model(tmp_path):
+    """On a tiny random Llama with a random dictionary and a store collected here (no meaning
+    expected), groups are named from their own examples: every group gets examples whose peak is
+    shown and whose score is recomputed from the dictionary on the context alone."""
+    import itertools
+
+    from hf_tiny import save_hf_model, save_tiny_tokenizer
+
+    from clew.circuits.examples import group_examples
+    from clew.features import FeatureStore
+    from clew.features.collect import CollectConfig, collect, feature_activations
+    from clew.models.loading import load_folder
+
+    save_hf_model("llama", tmp_path / "m")
+    save_tiny_tokenizer(tmp_path / "m")
+    model = load_folder(tmp_path / "m", device="cpu")
+    tc = random_transcoder(model.cfg, "plt-jumprelu")
+    rng = torch.Generator().manual_seed(0)
+
+    class Words:
+        name = "random words"
+
+        def documents(self, start: int):
+            docs = (
+                " ".join(f"w{int(i)}" for i in torch.randint(0, 200, (30,), generator=rng))
+                for _ in itertools.count()
+            )
+            return itertools.islice(docs, start, None)
+
+    settings = dict(
+        max_docs=60, ctx_len=32, docs_per_block=16, n_top=4, n_random=4, progress=False, threads=1
+    )
+    collect(model, tc, Words(), tmp_path / "s.sqlite", CollectConfig(**settings))
+    store = FeatureStore.open(tmp_path / "s.sqlite")
+    graph = trace(model, tc, "w1 w2 w3 w4 w5 w6 w7", max_n_logits=2, desired_logit_prob=0.99, progress=False)
+    analysis = analyze(graph)
+    circuit = find_circuit(graph, analysis, None, store, model=model, transcoder=tc)
+    assert circuit.supernodes and any(g.examples for g in circuit.supernodes)
+    for g in circuit.supernodes:
+        found = group_examples(model, tc, graph, g.members, store)
+        assert g.name and g.examples == [e.text(store) for e in found[:3]]
+        assert all("⟦" in e for e in g.examples)
+        here = graph.activations[g.members].float()
+        for e in found[:2]:
+            acts = feature_activations(model, tc, torch.tensor([list(e.tokens)]))
+            there = torch.stack(
+                [acts[int(graph.features[n, 0])][0, e.peak, int(graph.features[n, 2])] for n in g.members]
+            )
+            assert (
+                abs(float(torch.minimum(there, here).sum() / torch.maximum(there, here).sum()) - e.score)
+                < 1e-5
+            )
