@@ -288,3 +288,17 @@ def test_own_examples_name_groups_of_any_model(tmp_path):
                 abs(float(torch.minimum(there, here).sum() / torch.maximum(there, here).sum()) - e.score)
                 < 1e-5
             )
+
+
+def test_kept_contexts_forget_the_oldest_never_the_ones_asked_for(organism, monkeypatch):
+    """Past MAX_KEPT, the contexts used longest ago are forgotten; a context asked for again is kept."""
+    import clew.circuits.examples as examples
+
+    model, tc, _ = organism
+    monkeypatch.setattr(examples, "MAX_KEPT", 3)
+    runner = examples.ContextActivations(model, tc)
+    a, b, c, d = ((0, 274, t) for t in (265, 280, 312, 314))  # run in this order
+    runner.run([a, b, c])
+    runner.run([a, d])  # a is asked for again: b, now the one used longest ago, goes
+    assert list(runner.kept) == [c, a, d]
+    assert runner.members(a, [0], [0]).shape == (3, 1)

@@ -101,9 +101,8 @@ class ContextActivations:
     def __init__(self, model: Transformer, transcoder: Transcoder):
         self.model, self.transcoder = model, transcoder
         self.bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-        self.kept: dict[
-            tuple[int, ...], dict[int, Tensor]
-        ] = {}  # context -> layer -> (n, 3) pos, index, value
+        # context -> layer -> (n, 3): position, feature index, activation of each active feature
+        self.kept: dict[tuple[int, ...], dict[int, Tensor]] = {}
 
     @classmethod
     def of(cls, model: Transformer, transcoder: Transcoder) -> ContextActivations:
@@ -114,7 +113,11 @@ class ContextActivations:
 
     @torch.no_grad()
     def run(self, contexts: list[tuple[int, ...]]) -> None:
-        """Run the contexts not kept yet (the oldest are forgotten beyond :data:`MAX_KEPT`)."""
+        """Run the contexts not kept yet. Beyond :data:`MAX_KEPT`, those used longest ago are
+        forgotten, never one of ``contexts`` (at most :data:`MAX_CONTEXTS` of them)."""
+        for c in contexts:  # the ones asked for again become the most recent
+            if c in self.kept:
+                self.kept[c] = self.kept.pop(c)
         todo = sorted({c for c in contexts if c not in self.kept}, key=lambda c: (len(c), c))
         device = self.model.embed.weight.device
         for start in range(0, len(todo), BATCH):
