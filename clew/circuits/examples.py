@@ -18,7 +18,15 @@ member of eight fires scores about an eighth, and less when that member fires fa
 here: its own top examples, where it means what it means alone, are not the group's. (The one-sided
 share, ``sum_i min(a_i, h_i) / sum_i h_i``, named the Dallas group from a member's top examples of
 Newport, Rhode Island.) The best position of each context is its
-example; the examples are ranked by score (ties by their tokens), so they are deterministic.
+example; the examples are ranked by score (ties by their tokens), so they are deterministic. The
+group's examples are the ten best and every other within 80% of the best score.
+
+The members' own examples are few (about twenty a feature) and mostly where each fires strongest. So
+the search takes a second step: the tokens at the peaks of the :data:`WIDEN` best examples (at a
+city, the city and its neighbours) lead to every context of the store that peaks on them, whichever
+feature it was kept for (up to :data:`PER_TOKEN` a token, in store order: :class:`StoreContexts`),
+and those are scored the same way. At a city, these are the sentences that use the city, such as
+"Tucson is a city in Arizona", which the members' own examples often lack.
 """
 
 from __future__ import annotations
@@ -37,11 +45,20 @@ from clew.features.collect import feature_activations
 from clew.models import Transformer
 
 N_EXAMPLES = 10
-"""Examples kept per group: the contexts most like here (on the organism's cities, 20 or 40 named the
-state less often than 10; ``docs/circuits.md``)."""
+"""Examples kept per group at least: the contexts most like here."""
+
+NEAR = 0.8
+"""And beyond those, every context scoring at least this share of the best: where many contexts tie
+(a layer-0 group fires alike on every use of its token), all of them, not an arbitrary ten."""
 
 MAX_CONTEXTS = 1024
 """Candidate contexts run per group at most (the members' examples in store order, deduplicated)."""
+
+WIDEN = 3
+"""The best examples whose peak tokens lead to more candidate contexts (module docstring)."""
+
+PER_TOKEN = 200
+"""Contexts of the store taken per peak token at most, in store order."""
 
 BATCH = 64
 """Contexts per forward pass."""
@@ -89,6 +106,41 @@ def candidate_contexts(
             if len(seen) >= MAX_CONTEXTS:
                 return list(seen)
     return list(seen)
+
+
+class StoreContexts:
+    """Every context kept in a feature store (top and random examples of every feature), indexed by
+    the token at its peak. Reading it takes a pass over the whole store, so :meth:`of` keeps one per
+    open store; the contexts are held in one flat tensor."""
+
+    _kept: weakref.WeakKeyDictionary[FeatureStore, StoreContexts] = weakref.WeakKeyDictionary()
+
+    def __init__(self, store: FeatureStore):
+        flat: list[int] = []
+        starts: list[int] = [0]
+        self.by_peak: dict[int, list[int]] = {}  # peak token -> context numbers, in store order
+        for record in store.features():
+            for e in record.examples:
+                if not e.tokens:
+                    continue
+                self.by_peak.setdefault(e.tokens[e.peak], []).append(len(starts) - 1)
+                flat.extend(e.tokens)
+                starts.append(len(flat))
+        self.tokens = torch.tensor(flat, dtype=torch.int32)
+        self.starts = starts
+
+    @classmethod
+    def of(cls, store: FeatureStore) -> StoreContexts:
+        if store not in cls._kept:
+            cls._kept[store] = cls(store)
+        return cls._kept[store]
+
+    def peaking_on(self, token: int, limit: int = PER_TOKEN) -> list[tuple[int, ...]]:
+        """Up to ``limit`` stored contexts whose peak is ``token``, in store order."""
+        out = []
+        for i in self.by_peak.get(token, [])[:limit]:
+            out.append(tuple(self.tokens[self.starts[i] : self.starts[i + 1]].tolist()))
+        return out
 
 
 class ContextActivations:
@@ -156,24 +208,40 @@ def group_examples(
     members: list[int],
     store: FeatureStore,
     n: int = N_EXAMPLES,
+    near: float = NEAR,
 ) -> list[GroupExample]:
-    """The ``n`` contexts, among the members' stored examples, where the group fires most as it does
-    in ``graph`` (module docstring)."""
+    """The contexts where the group fires most as it does in ``graph`` (module docstring), best
+    first: the ``n`` best and every other scoring at least ``near`` times the best."""
     here = graph.activations[members].float().clamp_min(0)
     if not members or float(here.sum()) <= 0:
         return []
     layers = graph.features[members, 0].tolist()
     index = graph.features[members, 2].tolist()
     runner = ContextActivations.of(model, transcoder)
-    contexts = candidate_contexts(graph, members, store, runner.bos)
-    runner.run(contexts)
-    found: list[GroupExample] = []
-    for c in contexts:
-        a = runner.members(c, layers, index)  # (P, k)
-        score = torch.minimum(a, here).sum(-1) / torch.maximum(a, here).sum(-1)  # (P,)
-        if runner.bos is not None:
-            score[0] = -1.0  # the beginning-of-sequence token is nobody's example
-        peak = int(score.argmax())
-        found.append(GroupExample(float(score[peak]), c, peak))
-    found.sort(key=lambda e: (-e.score, e.tokens, e.peak))
-    return [e for e in found[:n] if e.score > 0]
+
+    def scored(contexts: list[tuple[int, ...]]) -> list[GroupExample]:
+        runner.run(contexts)
+        out = []
+        for c in contexts:
+            a = runner.members(c, layers, index)  # (P, k)
+            score = torch.minimum(a, here).sum(-1) / torch.maximum(a, here).sum(-1)  # (P,)
+            if runner.bos is not None:
+                score[0] = -1.0  # the beginning-of-sequence token is nobody's example
+            peak = int(score.argmax())
+            out.append(GroupExample(float(score[peak]), c, peak))
+        return sorted(out, key=lambda e: (-e.score, e.tokens, e.peak))
+
+    found = scored(candidate_contexts(graph, members, store, runner.bos))
+    # the second step: every stored context that peaks where the best examples do
+    seen = {e.tokens for e in found}
+    more: dict[tuple[int, ...], None] = {}
+    for e in found[:WIDEN]:
+        for c in StoreContexts.of(store).peaking_on(e.tokens[e.peak]):
+            if runner.bos is not None and c[0] != runner.bos:
+                c = (runner.bos, *c)
+            if c not in seen:
+                more.setdefault(c)
+    found = sorted(found + scored(list(more)), key=lambda e: (-e.score, e.tokens, e.peak))
+    if not found or found[0].score <= 0:
+        return []
+    return [e for i, e in enumerate(found) if e.score > 0 and (i < n or e.score >= near * found[0].score)]
