@@ -229,6 +229,13 @@ def test_a_groups_examples_are_where_its_members_fire_as_here(organism, dallas):
         assert abs(jaccard - e.score) < 1e-5
     texts = store.vocab()
     assert texts[found[0].tokens[found[0].peak]] == " Dallas" and found[0].score > 0.99
+    from clew.circuits.examples import StoreContexts, candidate_contexts
+
+    own = set(candidate_contexts(a, group.members, store, model.tokenizer.bos_token_id))
+    assert any(e.tokens not in own for e in found)  # the second step, through the store, found some
+    dallas = found[0].tokens[found[0].peak]
+    assert all(dallas in c for c in StoreContexts.of(store).peaking_on(dallas))
+    assert len(found) >= 10 and all(e.score >= 0.8 * found[0].score for e in found[10:])
     from clew.organism.world import US_STATES
 
     texas = {w for s in US_STATES if s.name == "Texas" for c in s.cities for w in c.split()}
