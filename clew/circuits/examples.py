@@ -89,6 +89,11 @@ class GroupExample:
         return f"{text} ({self.score:.2f})"
 
 
+def _from_bos(tokens: tuple[int, ...], bos: int | None) -> tuple[int, ...]:
+    """A context as it is run: from ``bos`` when the model has one."""
+    return (bos, *tokens) if bos is not None and tokens[0] != bos else tokens
+
+
 def candidate_contexts(
     graph: Graph, members: Iterable[int], store: FeatureStore, bos: int | None
 ) -> list[tuple[int, ...]]:
@@ -97,37 +102,39 @@ def candidate_contexts(
     for n in members:
         record = store.feature(int(graph.features[n, 0]), int(graph.features[n, 2]))
         for e in record.examples:
-            tokens = tuple(e.tokens)
-            if not tokens:
-                continue
-            if bos is not None and tokens[0] != bos:
-                tokens = (bos, *tokens)
-            seen.setdefault(tokens)
+            if e.tokens:
+                seen.setdefault(_from_bos(tuple(e.tokens), bos))
             if len(seen) >= MAX_CONTEXTS:
                 return list(seen)
     return list(seen)
 
 
 class StoreContexts:
-    """Every context kept in a feature store (top and random examples of every feature), indexed by
-    the token at its peak. Reading it takes a pass over the whole store, so :meth:`of` keeps one per
-    open store; the contexts are held in one flat tensor."""
+    """Every context kept in a feature store (top and random examples of every feature, in store
+    order), indexed by the token at its peak. Reading it takes a pass over the whole store, so
+    :meth:`of` keeps one per open store (the names' background counts come from the same pass); the
+    contexts are held in one flat tensor."""
 
     _kept: weakref.WeakKeyDictionary[FeatureStore, StoreContexts] = weakref.WeakKeyDictionary()
 
     def __init__(self, store: FeatureStore):
         flat: list[int] = []
         starts: list[int] = [0]
+        self.top: list[bool] = []  # whether each context is a top example (else a random one)
         self.by_peak: dict[int, list[int]] = {}  # peak token -> context numbers, in store order
         for record in store.features():
             for e in record.examples:
-                if not e.tokens:
-                    continue
-                self.by_peak.setdefault(e.tokens[e.peak], []).append(len(starts) - 1)
+                if e.tokens:
+                    self.by_peak.setdefault(e.tokens[e.peak], []).append(len(self.top))
                 flat.extend(e.tokens)
                 starts.append(len(flat))
+                self.top.append(e.kind == "top")
         self.tokens = torch.tensor(flat, dtype=torch.int32)
         self.starts = starts
+
+    def context(self, i: int) -> tuple[int, ...]:
+        """Context number ``i``."""
+        return tuple(self.tokens[self.starts[i] : self.starts[i + 1]].tolist())
 
     @classmethod
     def of(cls, store: FeatureStore) -> StoreContexts:
@@ -137,10 +144,7 @@ class StoreContexts:
 
     def peaking_on(self, token: int, limit: int = PER_TOKEN) -> list[tuple[int, ...]]:
         """Up to ``limit`` stored contexts whose peak is ``token``, in store order."""
-        out = []
-        for i in self.by_peak.get(token, [])[:limit]:
-            out.append(tuple(self.tokens[self.starts[i] : self.starts[i + 1]].tolist()))
-        return out
+        return [self.context(i) for i in self.by_peak.get(token, [])[:limit]]
 
 
 class ContextActivations:
@@ -237,8 +241,7 @@ def group_examples(
     more: dict[tuple[int, ...], None] = {}
     for e in found[:WIDEN]:
         for c in StoreContexts.of(store).peaking_on(e.tokens[e.peak]):
-            if runner.bos is not None and c[0] != runner.bos:
-                c = (runner.bos, *c)
+            c = _from_bos(c, runner.bos)
             if c not in seen:
                 more.setdefault(c)
     found = sorted(found + scored(list(more)), key=lambda e: (-e.score, e.tokens, e.peak))

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 import torch
 
 from clew.attribution import Analysis, Graph
-from clew.circuits.examples import GroupExample, group_examples
+from clew.circuits.examples import GroupExample, StoreContexts, group_examples
 from clew.circuits.groups import Supernode
 from clew.dictionaries import Transcoder
 from clew.features import FeatureStore
@@ -72,19 +72,20 @@ def _is_word(text: str) -> bool:
 
 class Background:
     """How often each token appears in the example windows of a store (one count per window), from
-    the top examples of every feature: the baseline a topic word must stand out from. Reading it
-    takes a pass over the whole store, so :meth:`of` keeps one per open store."""
+    the top examples of every feature: the baseline a topic word must stand out from. It is counted
+    from the store's contexts (:class:`~clew.circuits.examples.StoreContexts`, one pass over the store,
+    which the groups' examples search too), so :meth:`of` keeps one per open store."""
 
     _kept: weakref.WeakKeyDictionary[FeatureStore, Background] = weakref.WeakKeyDictionary()
 
     def __init__(self, store: FeatureStore):
         self.texts = store.vocab()
         self.counts: Counter[int] = Counter()
-        self.windows = 0
-        for record in store.features():
-            for e in record.of_kind("top"):
-                self.counts.update(set(e.tokens))
-                self.windows += 1
+        contexts = StoreContexts.of(store)
+        tops = [i for i, top in enumerate(contexts.top) if top]
+        for i in tops:
+            self.counts.update(set(contexts.context(i)))
+        self.windows = len(tops)
 
     @classmethod
     def of(cls, store: FeatureStore) -> Background:
