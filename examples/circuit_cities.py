@@ -43,18 +43,24 @@ def cities(n_states: int, skip: int = 0, length=None):
     return rows
 
 
-def _names(name: str, state: str) -> bool:
-    """Whether a supernode's name contains the state's name as words (``Kansas`` is not in ``Arkansas``)."""
-    return re.search(rf"\b{re.escape(state)}\b", name, flags=re.IGNORECASE) is not None
+def _names(name: str, state: str, city: str) -> bool:
+    """Whether a supernode's name contains the state's name as words (``Kansas`` is not in
+    ``Arkansas``), in its topic or in a part of its "fires on" (``a/b/c``) that is not made of the
+    prompt's city's own words only: ``Colorado`` does not name Colorado for Colorado Springs,
+    ``New Jersey`` names New Jersey for Jersey City. The "says" part does not count."""
+    head, _, topic = name.split(" →")[0].partition(" (")
+    own = set(city.split())
+    parts = [p for p in head.split("/") if not set(p.split()) <= own]
+    return re.search(rf"\b{re.escape(state)}\b", " / ".join([*parts, topic]), flags=re.IGNORECASE) is not None
 
 
 def _state_cities(name: str, state, city: str) -> bool:
-    """Whether the name's "fires on" part (``a/b/c``) holds a word of another city of the state, one
-    that is no word of the prompt's city."""
+    """Whether the name's "fires on" part (``a/b/c``, each part a word or a phrase) holds a word of
+    another city of the state, one that is no word of the prompt's city."""
     fires = name.split(" (")[0].split(" →")[0].split("/")
     own = set(city.split())
     words = {w for c in state.cities if c != city for w in c.split()} - own
-    return any(f.strip() in words for f in fires)
+    return any(w in words for f in fires for w in f.split())
 
 
 def jaccard_match(a: list[list[int]], b: list[list[int]]) -> float:
@@ -149,9 +155,11 @@ def main() -> None:
             (b.key for b in circuit.boxes if b.kind == "supernode" and b.members == best.members), None
         )
         claim = next((c for c in claims.claims if c.box == key), None)
-        named = _names(best.name, state.name)
+        named = _names(best.name, state.name, city)
         tally["named"] += named
-        wrong = [] if named else [s.name for s in US_STATES if s is not state and _names(best.name, s.name)]
+        wrong = (
+            [] if named else [s.name for s in US_STATES if s is not state and _names(best.name, s.name, city)]
+        )
         tally["wrong"] += bool(wrong)
         region = _state_cities(best.name, state, city)
         tally["cities"] += region

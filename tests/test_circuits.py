@@ -193,17 +193,42 @@ def test_a_topic_adds_to_the_name_and_meets_its_share(organism, dallas):
     assert named >= 1
 
 
-def test_a_topic_of_several_tokens_is_read_whole():
+def test_a_topic_or_peak_of_several_tokens_is_read_whole():
     """The word beside the topic token in most of its occurrences joins it (``New Hampshire``); a
-    neighbour seen in fewer than PHRASE_SHARE of them, one that is no word, or a prompt's token does not."""
-    from clew.circuits.names import _phrase
+    neighbour seen in fewer than PHRASE_SHARE of them, one that is no word, or a prompt's token does
+    not. A peak token is read the same way from its occurrences at the peaks only."""
+    from clew.circuits.names import _phrase, _text
 
-    texts = {1: " in", 2: " New", 3: " Hampshire", 4: ".", 5: " York", 6: " Keene"}
+    texts = {1: " in", 2: " New", 3: " Hampshire", 4: ".", 5: " York", 6: " Keene", 7: " Cedar", 8: " Rapids"}
     hampshire = [(1.0, [6, 1, 2, 3, 4], 0), (1.0, [1, 2, 3], 0), (0.5, [2, 3, 4], 0)]
-    assert _phrase(3, hampshire, texts) == " New Hampshire"  # '.' after it is no word
-    assert _phrase(3, hampshire, texts, skip=[2]) == " Hampshire"  # a prompt's token never joins
+    assert _text(_phrase(3, hampshire, texts), texts) == " New Hampshire"  # '.' after it is no word
+    assert _phrase(3, hampshire, texts, skip=[2]) == [3]  # a prompt's token never joins
     mixed = [(1.0, [2, 3], 0), (1.0, [2, 5], 0)]
-    assert _phrase(2, mixed, texts) == " New"  # Hampshire and York each follow it half the time
+    assert _phrase(2, mixed, texts) == [2]  # Hampshire and York each follow it half the time
+    # Rapids peaks after Cedar twice; elsewhere (not at a peak) it stands alone, which does not count
+    rapids = [(1.0, [7, 8, 1], 1), (1.0, [6, 7, 8], 2), (3.0, [8, 1, 6], 1)]
+    assert _phrase(8, rapids, texts, at_peaks=True) == [7, 8]
+    assert _phrase(8, rapids, texts) == [8]  # all its occurrences: Cedar before 2 of 5
+    texts[9] = " containing"  # a lower-case word before a name is no part of it
+    containing = [(1.0, [9, 8, 1], 1)] * 3
+    assert _phrase(8, containing, texts, at_peaks=True) == [8] and _phrase(8, containing, texts) == [9, 8]
+
+
+def test_a_peak_phrase_is_never_the_topic(organism):
+    """The words of the phrase a group fires on are left out of its topic: windows of Cedar Rapids
+    name the state beside it, not the city's other word."""
+    from types import SimpleNamespace
+
+    from clew.circuits.names import Background, fires_on_and_topic
+
+    _, _, store = organism
+    background = Background.of(store)
+    ids = {text.strip(): t for t, text in background.texts.items() if text.startswith(" ")}
+    cedar, rapids, iowa, city, a, in_ = (ids[w] for w in ("Cedar", "Rapids", "Iowa", "city", "a", "in"))
+    windows = [(1.0, [cedar, rapids, ids["is"], a, city, in_, iowa], 1)] * 3 + [(1.0, [cedar, rapids], 1)] * 3
+    graph = SimpleNamespace(tokens=torch.tensor([ids["The"]]))
+    fires, topic = fires_on_and_topic(graph, windows, background)
+    assert fires == "Cedar Rapids" and topic == "Iowa"
 
 
 def test_a_groups_examples_are_where_its_members_fire_as_here(organism, dallas):

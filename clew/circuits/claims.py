@@ -40,7 +40,7 @@ from clew.dictionaries import Transcoder
 from clew.intervene.check import direction_change, through_graph, zeroing
 from clew.intervene.run import intervene, run_free
 from clew.intervene.spec import Interventions
-from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, specific, zero_edits
+from clew.intervene.swap import feature_rows, matched_controls, specific, swap_graphs, zero_edits
 from clew.models import Transformer
 from clew.replacement import LocalReplacement, ReplacementModel
 
@@ -211,22 +211,10 @@ def measure_swap(
 ) -> Swap:
     """This prompt's specific supernodes out, the contrast's in (module docstring)."""
     a, b = circuit.graph, contrast.graph
-    pairs, _, _ = align(a.tokens.tolist(), b.tokens.tolist())
-    to_a = {pb: pa for pa, pb in pairs.items()}
     # every active feature at the span that the other prompt lacks: the specific supernodes and the
     # specific features pruning left out, which carry the same information more weakly
-    out_nodes, in_nodes = specific(a, b), specific(b, a)
-    rows_a, rows_b = feature_rows(a, out_nodes), feature_rows(b, in_nodes)
-    tokens = a.tokens.to(model.embed.weight.device)
-    put = put_edits(rows_b, to_a)
-    edits = Interventions(zero_edits(rows_a) + put)
-    swap = intervene(model, tc, tokens, edits, errors="frozen")
-    live = intervene(model, tc, tokens, edits, errors="live")
-    gen = torch.Generator().manual_seed(seed)
-    ctrl_a, ctrl_b = matched_controls(a, rows_a, gen), matched_controls(b, rows_b, gen)
-    control = intervene(
-        model, tc, tokens, Interventions(zero_edits(ctrl_a) + put_edits(ctrl_b, to_a)), errors="frozen"
-    )
+    done = swap_graphs(model, tc, a, b, specific(a, b), seed, live=True)
+    swap, control, live = done.swapped, done.control, done.live
     ta, tb = int(a.logit_tokens[0]), int(b.logit_tokens[0])
 
     def decode(i: int) -> str:
@@ -237,11 +225,11 @@ def measure_swap(
         b.prompt,
         a.logit_labels[0],
         b.logit_labels[0],
-        len(rows_a),
-        len(put),
+        done.n_out,
+        done.n_in,
         (float(swap.probs(clean=True)[ta]), float(swap.probs()[ta]), float(control.probs()[ta])),
         (float(swap.probs(clean=True)[tb]), float(swap.probs()[tb]), float(control.probs()[tb])),
         (decode(int(swap.logits.argmax())), decode(int(control.logits.argmax()))),
         (float(live.probs()[ta]), float(live.probs()[tb]), decode(int(live.logits.argmax()))),
-        len(rows_b) - len(put),
+        done.left_out,
     )

@@ -7,11 +7,12 @@ A supernode's name is read from a set of example windows of the group:
   do); without them, each member's stored top examples, weighted by the member's influence and the
   example's activation relative to its feature's largest.
 - **fires on**: the tokens at the examples' peaks, up to three holding at least a tenth of the weight
-  (``Antonio/Dallas/Paso``). Without a store, the members' own labels are pooled instead (the most
+  (``Antonio/Dallas/Paso``), each with the word beside it at most of its peaks when the two read as
+  one name (``San Antonio``). Without a store, the members' own labels are pooled instead (the most
   common label part, weighted by influence).
 - **topic**: the word most over-represented in those example windows against the store's examples
   as a whole (a log-odds ratio, weighted by how often it occurs), when it appears in at least
-  :data:`TOPIC_SHARE` of the windows and adds to the name: it is none of the peak tokens, no token of
+  :data:`TOPIC_SHARE` of the windows and adds to the name: it is no word of what it fires on, no token of
   the prompt (which the picture shows anyway) and not the token the group says: ``(Texas)``. A word
   beside it in :data:`PHRASE_SHARE` of its occurrences joins it (``New Hampshire``). This is
   what lets a group of city features be named by the state the corpus mentions beside them (the
@@ -130,7 +131,10 @@ def fires_on_and_topic(
     graph: Graph, windows: list[Window], background: Background, shown: Iterable[int] = ()
 ) -> tuple[str, str]:
     """The pooled peak tokens (``a/b/c``) and the topic word (or ``""``) of a group's example
-    ``windows``; ``shown``: tokens the name shows anyway (the one the group says), never the topic."""
+    ``windows``; ``shown``: tokens the name shows anyway (the one the group says), never the topic.
+    A peak token is read with the words that stand beside it in most of its occurrences at the peaks
+    when they make one name with it (``Cedar Rapids``, not ``Rapids``), and none of those words can
+    be the topic."""
     texts = background.texts
     peaks: dict[int, float] = {}
     counts: Counter[int] = Counter()
@@ -140,12 +144,13 @@ def fires_on_and_topic(
         for t in set(tokens):
             counts[t] += w
         n_windows += w
-    chosen = _pooled(peaks)
-    fires = "/".join(_word(texts.get(t, str(t))) for t in chosen)
+    chosen = [_phrase(t, windows, texts, at_peaks=True) for t in _pooled(peaks)]
+    fires = "/".join(_word(_text(p, texts)) for p in chosen)
     if n_windows <= 0:
         return fires, ""
     best, best_score = None, 0.0
-    skip = set(graph.tokens.tolist()) | set(chosen) | set(shown)
+    prompt = graph.tokens.tolist()
+    skip = set(prompt) | {t for p in chosen for t in p} | set(shown)
     for t, w in counts.items():
         if t in skip or not _is_word(texts.get(t, "")):
             continue
@@ -157,38 +162,56 @@ def fires_on_and_topic(
             best, best_score = t, score
     if best is None or best_score <= 0.2:
         return fires, ""
-    return fires, _word(_phrase(best, windows, texts, graph.tokens.tolist()))
+    return fires, _word(_text(_phrase(best, windows, texts, skip=prompt), texts))
 
 
 PHRASE_SHARE = 2 / 3
-"""A neighbour joins the topic word when it stands beside it in this share of its occurrences."""
+"""A neighbour joins a peak or topic word when it stands beside it in this share of its occurrences."""
 
 
-def _phrase(token: int, windows: list[Window], texts: dict[int, str], skip: Iterable[int] = ()) -> str:
-    """The topic token with the word that stands beside it in most of its occurrences (by weight),
-    before and after, so that a name made of several tokens is read whole: ``New Hampshire``, not
-    ``Hampshire``. A neighbour in ``skip`` (the prompt's tokens) never joins."""
+def _text(tokens: list[int], texts: dict[int, str]) -> str:
+    return "".join(texts.get(t, str(t)) for t in tokens)
+
+
+def _phrase(
+    token: int, windows: list[Window], texts: dict[int, str], skip: Iterable[int] = (), at_peaks: bool = False
+) -> list[int]:
+    """The token with the word that stands beside it in most of its occurrences (by weight), before
+    and after, so that a name made of several tokens is read whole: ``New Hampshire``, not
+    ``Hampshire``. A neighbour in ``skip`` (for a topic, the prompt's tokens) never joins;
+    ``at_peaks``: only the occurrences at the windows' peaks count, and a neighbour joins only when
+    the two read as one name (:func:`_one_name`), for a peak token."""
     skip = set(skip)
     left: Counter[int] = Counter()
     right: Counter[int] = Counter()
     total = 0.0
-    for w, tokens, _ in windows:
-        for j, t in enumerate(tokens):
-            if t != token:
+    for w, tokens, peak in windows:
+        for j in [peak] if at_peaks else range(len(tokens)):
+            if tokens[j] != token:
                 continue
             total += w
             if j > 0:
                 left[tokens[j - 1]] += w
             if j + 1 < len(tokens):
                 right[tokens[j + 1]] += w
-    text = texts.get(token, "")
+    phrase = [token]
     for side, counts in (("left", left), ("right", right)):
         if not counts or total <= 0:
             continue
         t, w = max(counts.items(), key=lambda kv: (kv[1], -kv[0]))
-        if w >= PHRASE_SHARE * total and t not in skip and _is_word(texts.get(t, "")):
-            text = texts[t] + text if side == "left" else text + texts[t]
-    return text
+        pair = (t, token) if side == "left" else (token, t)
+        if w < PHRASE_SHARE * total or t in skip or not _is_word(texts.get(t, "")):
+            continue
+        if at_peaks and not _one_name(*(texts.get(x, "") for x in pair)):
+            continue
+        phrase = [t, *phrase] if side == "left" else [*phrase, t]
+    return phrase
+
+
+def _one_name(first: str, second: str) -> bool:
+    """Whether two neighbouring tokens read as one name: the second continues the first's word (no
+    space before it), or both are capitalised words (``Fort Smith``; not ``containing Dallas``)."""
+    return not second.startswith(" ") or (first.strip()[:1].isupper() and second.strip()[:1].isupper())
 
 
 def windows_of(

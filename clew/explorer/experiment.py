@@ -27,7 +27,7 @@ from clew.attribution import Graph
 from clew.errors import ClewError
 from clew.intervene import Edit, Interventions, intervene, parse_node
 from clew.intervene.check import direction_change, through_graph
-from clew.intervene.swap import align, feature_rows, matched_controls, put_edits, specific, zero_edits
+from clew.intervene.swap import align, swap_graphs
 
 OPS = ("zero", "scale", "swap")
 
@@ -135,7 +135,7 @@ def run_swap(
             raise ClewError(
                 f"swap: {name} has no token ids (an imported graph without them): trace it with clew"
             )
-    pairs, span, span_other = align(graph.tokens.tolist(), other.tokens.tolist())
+    _, span, span_other = align(graph.tokens.tolist(), other.tokens.tolist())
     if not span or not span_other:
         raise ClewError(
             f"swap: {graph.prompt!r} and {other.prompt!r} ({other_name}) do not differ in one span of both"
@@ -148,18 +148,9 @@ def run_swap(
         if index[key] >= graph.n_features:
             raise ClewError(f"swap: {key!r} is not a feature; a swap exchanges features only")
         out_nodes.append(index[key])
-    in_nodes = specific(other, graph)
-    rows_out, rows_in = feature_rows(graph, out_nodes), feature_rows(other, in_nodes)
-    to_this = {q: p for p, q in pairs.items()}
-
     model, tc = load(graph)
-    tokens = graph.tokens
-    put = put_edits(rows_in, to_this)
-    swapped = intervene(model, tc, tokens, Interventions(zero_edits(rows_out) + put), errors="frozen")
-    gen = torch.Generator().manual_seed(seed)
-    ctrl_out, ctrl_in = matched_controls(graph, rows_out, gen), matched_controls(other, rows_in, gen)
-    ctrl_put = put_edits(ctrl_in, to_this)
-    control = intervene(model, tc, tokens, Interventions(zero_edits(ctrl_out) + ctrl_put), errors="frozen")
+    done = swap_graphs(model, tc, graph, other, out_nodes, seed)
+    swapped, control = done.swapped, done.control
     before, after, after_control = swapped.probs(clean=True), swapped.probs(), control.probs()
 
     def answer(g: Graph) -> dict[str, Any]:
@@ -177,10 +168,10 @@ def run_swap(
         "other": other_name,
         "other_prompt": other.prompt,
         "span": [[graph.token_strings[p] for p in span], [other.token_strings[p] for p in span_other]],
-        "n_out": len(rows_out),
-        "n_in": len(put),
-        "left_out": len(rows_in) - len(put),  # the other's features at positions with no counterpart here
-        "control_n": [len(ctrl_out), len(ctrl_put)],
+        "n_out": done.n_out,
+        "n_in": done.n_in,
+        "left_out": done.left_out,  # the other's features at positions with no counterpart here
+        "control_n": list(done.control_n),
         "modes": {"free": {"before": _top(model, before, k), "after": _top(model, after, k)}},
         "control": {"after": _top(model, after_control, k)},
         "answers": [answer(graph), answer(other)],

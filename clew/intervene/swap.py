@@ -26,7 +26,7 @@ from clew.attribution.prune import graph_influence
 from clew.attribution.trace import token_id, tokenize
 from clew.dictionaries import Transcoder
 from clew.errors import ClewError
-from clew.intervene.run import run_free
+from clew.intervene.run import Outcome, intervene, run_free
 from clew.intervene.spec import Edit, Interventions, Node
 from clew.models import Transformer
 
@@ -156,6 +156,63 @@ def zero_edits(rows) -> list[Edit]:
 
 def put_edits(rows, to_a: dict[int, int]) -> list[Edit]:
     return [Edit(Node("feature", l, (to_a[p],), i), "set", a) for l, p, i, a, *_ in rows if p in to_a]
+
+
+@dataclass
+class GraphSwap:
+    """One graph's chosen features out and another graph's specific ones in, at the aligned positions,
+    run beside the same swap of matched random features (:func:`swap_graphs`)."""
+
+    n_out: int
+    """Features zeroed."""
+    n_in: int
+    """The other graph's features put in (those at positions with a counterpart here)."""
+    left_out: int
+    """The other graph's specific features at positions of its span with no counterpart here (its span
+    is longer), which have nowhere to go."""
+    control_n: tuple[int, int]
+    """Matched random features zeroed and put in by the control."""
+    swapped: Outcome
+    """The swap in the replacement model, errors frozen at this prompt's values."""
+    control: Outcome
+    """The control swap, errors frozen."""
+    live: Outcome | None = None
+    """The swap through the model's own MLPs (errors live), when asked for."""
+
+
+@torch.no_grad()
+def swap_graphs(
+    model: Transformer,
+    tc: Transcoder,
+    graph: Graph,
+    other: Graph,
+    out_nodes: list[int],
+    seed: int = 0,
+    live: bool = False,
+) -> GraphSwap:
+    """Zero ``graph``'s feature nodes ``out_nodes`` and put in ``other``'s features specific to its
+    differing span (:func:`specific`) at the aligned positions with their activations there (free
+    run, errors frozen; also errors live with ``live``), beside the same swap done with matched
+    random features drawn with ``seed``."""
+    pairs, _, _ = align(graph.tokens.tolist(), other.tokens.tolist())
+    to_this = {q: p for p, q in pairs.items()}
+    rows_out, rows_in = feature_rows(graph, out_nodes), feature_rows(other, specific(other, graph))
+    tokens = graph.tokens.to(model.embed.weight.device)
+    put = put_edits(rows_in, to_this)
+    edits = Interventions(zero_edits(rows_out) + put)
+    gen = torch.Generator().manual_seed(seed)
+    ctrl_out, ctrl_in = matched_controls(graph, rows_out, gen), matched_controls(other, rows_in, gen)
+    ctrl_put = put_edits(ctrl_in, to_this)
+    control = Interventions(zero_edits(ctrl_out) + ctrl_put)
+    return GraphSwap(
+        len(rows_out),
+        len(put),
+        len(rows_in) - len(put),
+        (len(ctrl_out), len(ctrl_put)),
+        intervene(model, tc, tokens, edits, errors="frozen"),
+        intervene(model, tc, tokens, control, errors="frozen"),
+        intervene(model, tc, tokens, edits, errors="live") if live else None,
+    )
 
 
 @dataclass
