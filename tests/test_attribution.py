@@ -187,3 +187,21 @@ def test_patterns_rebuilt_equal_the_kept_ones(models):
     for layer in range(len(kept)):
         assert torch.allclose(rebuilt[layer], kept[layer], atol=1e-6)
         assert torch.allclose(rebuilt.rows(layer, 11, 20), kept[layer][:, :, 11:20, :20], atol=1e-6)
+
+
+def test_finite_check_names_the_node_and_lets_huge_edges_pass(models):
+    """The graph's finiteness check sums each row first: an infinity or NaN is named by its row's
+    node, while finite edges whose row sum overflows float32 are not mistaken for one."""
+    from clew.errors import ClewError
+
+    model = models["llama"]
+    graph = trace(model, random_transcoder(model.cfg, "plt-jumprelu"), prompt(), progress=False)
+    graph.check_finite()
+    huge = graph.adjacency.clone()
+    huge[2, :4] = 3e38  # finite, but their sum is not
+    Graph(**{**vars(graph), "adjacency": huge}).check_finite()
+    for bad in (float("inf"), float("nan")):
+        broken = graph.adjacency.clone()
+        broken[2, 1] = bad
+        with pytest.raises(ClewError, match="edges into"):
+            Graph(**{**vars(graph), "adjacency": broken}).check_finite()

@@ -25,6 +25,10 @@ from clew.models.transformer import Norm
 QUERY_BLOCK = 256
 """Queries per block in :meth:`Backward.pattern_t` for prompts longer than twice this."""
 
+FOLD_MAX = 2 * QUERY_BLOCK
+"""Prompts up to this length, with their patterns kept, carry gradients through attention with the
+norms folded into the weights and the pattern (:class:`FoldedAttention`)."""
+
 
 def norm_transpose(norm: Norm, scale: Tensor, g: Tensor, weight: Tensor | None = None) -> Tensor:
     """The transpose of a frozen norm: a gradient at its output -> at its input. ``scale`` broadcasts
@@ -49,6 +53,30 @@ class LayerWeights:
     """Per norm of the block (``ln1``, ``attn_post``, ``ln2``, ``mlp_post``): its ``w + offset``."""
     skip_t: Tensor | None = None
     """(D, D) ``W_skip^T`` of the dictionary's skip path, if any."""
+    folded: FoldedAttention | None = None
+    """The attention branch with its norms folded in, for prompts of up to :data:`FOLD_MAX` tokens
+    whose patterns are kept."""
+
+
+@dataclass
+class FoldedAttention:
+    """One layer's frozen attention branch as three products, its norms folded in.
+
+    The transpose of a frozen norm is a fixed diagonal (its weight, and for a LayerNorm the
+    centring) times a scale per position. The diagonal goes into the projection beside it, the scale
+    into the pattern's axis of the same position, so carrying a gradient is ``W_O``, one product per
+    key/value head with its query heads' patterns side by side, and ``W_V``: no pass over the
+    gradient for the norms, and no sum over the query heads of a group."""
+
+    o: Tensor
+    """(D, H*E) ``W_O`` with the post-attention norm's weight (and centring) folded in."""
+    pattern: Tensor
+    """(K, N, G, N) over the whole prompt: ``[k, key, j, query]`` is query head ``k*G + j``'s weight
+    of ``key`` at ``query``, times the pre-attention norm's scale at ``key`` and the post-attention
+    norm's scale at ``query``."""
+    v: Tensor
+    """(K, E, D) ``W_V`` per key/value head with the pre-attention norm's weight (and centring)
+    folded in."""
 
 
 @dataclass
@@ -88,8 +116,35 @@ class Backward:
             if self.tc.cfg.skip:
                 eye = torch.eye(self.model.cfg.d_model, dtype=torch.float32, device=self.device)
                 w.skip_t = self.tc.skip_term(layer, eye).to(dt)  # (D, D) = W_skip^T
+            w.folded = self._fold(layer, w)
             self._weights[layer] = w
         return self._weights[layer]
+
+    def _fold(self, layer: int, w: LayerWeights) -> FoldedAttention | None:
+        """Layer's attention with its norms folded in (:class:`FoldedAttention`), when the prompt is
+        short and its patterns are kept."""
+        patterns = self.cache.patterns
+        if not patterns.kept or patterns[layer].shape[-1] > FOLD_MAX:
+            return None
+        cfg, block = self.model.cfg, self.model.blocks[layer]
+        H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        pattern = patterns[layer][0].float()  # (H, Nq, Nk)
+        N = pattern.shape[-1]
+        pattern = pattern * self.scale(f"{layer}.ln1")[:, 0].float()[None, None, :]  # at each key
+        o = block.attn.o.weight.float()  # (D, H*E)
+        if "attn_post" in w.norms:
+            post = block.attn_post
+            pattern = pattern * self.scale(f"{layer}.attn_post")[:, 0].float()[None, :, None]  # at each query
+            if post.centred:
+                o = o - o.mean(0, keepdim=True)
+            o = o * (post.weight.float() + post.offset)[:, None]
+        v = block.attn.v.weight.float() * (block.ln1.weight.float() + block.ln1.offset)[None, :]  # (K*E, D)
+        if block.ln1.centred:
+            v = v - v.mean(1, keepdim=True)
+        pattern = pattern.transpose(1, 2).reshape(K, H // K, N, N).transpose(1, 2)  # (K, Nk, G, Nq)
+        return FoldedAttention(
+            o.to(self.dtype), pattern.contiguous().to(self.dtype), v.view(K, E, -1).to(self.dtype)
+        )
 
     def scale(self, name: str) -> Tensor:
         """(P, 1) a frozen normalisation scale (``"3.ln2"``, ``"final"``)."""
@@ -143,7 +198,17 @@ class Backward:
         """The gradient through layer's frozen attention branch, from the residual after it to before it."""
         cfg, w = self.model.cfg, self.weights(layer)
         H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-        P, B, _ = grad.shape
+        P, B, D = grad.shape
+        f = w.folded
+        if f is not None:  # three products, the norms folded in (FoldedAttention)
+            G = H // K
+            z = (grad.reshape(P * B, D) @ f.o).view(P, B, H, E).permute(2, 0, 1, 3)  # (H, Pq, B, E)
+            z = z.reshape(K, G * P, B * E)  # per key/value head, its query heads' rows one after another
+            z = torch.bmm(f.pattern[:, :P, :, :P].reshape(K, P, G * P), z).view(K, P * B, E)  # (K, Pk*B, E)
+            g = torch.mm(z[0], f.v[0])
+            for k in range(1, K):
+                g.addmm_(z[k], f.v[k])
+            return g.view(P, B, D)
         g = self.norm_t(layer, "attn_post", grad) if "attn_post" in w.norms else grad
         z = (g @ w.o).view(P, B, H, E).permute(2, 0, 1, 3).reshape(H, P, B * E)  # (H, Pq, B*E)
         z = self.pattern_t(layer, z)  # (H, Pk, B*E): each key gathers from its queries
