@@ -77,6 +77,11 @@ class FoldedAttention:
     v: Tensor
     """(K, E, D) ``W_V`` per key/value head with the pre-attention norm's weight (and centring)
     folded in."""
+    first: Tensor
+    """(D, K*E) the first position's whole step to the values: ``o`` with each query head's weight
+    of the first key at the first query (its pattern there, 1, times the norms' scales) folded in and
+    summed over the query heads of each key/value head. A gradient that lives at the first position
+    alone (a target there) needs only this and ``v``."""
 
 
 @dataclass
@@ -142,8 +147,12 @@ class Backward:
         if block.ln1.centred:
             v = v - v.mean(1, keepdim=True)
         pattern = pattern.transpose(1, 2).reshape(K, H // K, N, N).transpose(1, 2)  # (K, Nk, G, Nq)
+        first = o.view(-1, K, H // K, E) * pattern[:, 0, :, 0, None]  # (D, K, G, E)
         return FoldedAttention(
-            o.to(self.dtype), pattern.contiguous().to(self.dtype), v.view(K, E, -1).to(self.dtype)
+            o.to(self.dtype),
+            pattern.contiguous().to(self.dtype),
+            v.view(K, E, -1).to(self.dtype),
+            first.sum(2).reshape(-1, K * E).to(self.dtype),
         )
 
     def scale(self, name: str) -> Tensor:
@@ -200,6 +209,8 @@ class Backward:
         H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         P, B, D = grad.shape
         f = w.folded
+        if f is not None and P == 1:  # the first position attends to itself alone
+            return ((grad.reshape(B, D) @ f.first) @ f.v.view(K * E, D)).view(P, B, D)
         if f is not None:  # three products, the norms folded in (FoldedAttention)
             G = H // K
             z = (grad.reshape(P * B, D) @ f.o).view(P, B, H, E).permute(2, 0, 1, 3)  # (H, Pq, B, E)
