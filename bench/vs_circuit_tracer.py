@@ -453,20 +453,25 @@ def main() -> None:
         return
     ct_python = str(ensure_ct_venv())
     ids = prompt_ids(a.model_folder, subject.prompt, None)
-    active = clew_active(a.model_folder, a.transcoders, ids)
     print(
         f"{subject.source}, {a.kind.upper()} {a.transcoders.name}; prompt {subject.prompt!r}: {len(ids)} tokens "
         f"(with the BOS), {a.threads} threads, load average {os.getloadavg()[0]:.2f}"
     )
-    print(
-        f"{'budget':>7} {'active':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew MB':>8} {'ct MB':>8} {'mem ratio':>9} {'max |dA|':>10} {'max |A|':>9} {'unsure':>7}"
-    )
-    quiet = {}
+    # Every timed run first, with this process idle: torch work here (finding the active features,
+    # comparing graphs) slowed the next worker, which was clew's (its full graph: 2.4 s after an idle
+    # parent, 3.0 to 4.1 s right after one that had run the model).
+    runs = {}
     for b in a.budgets:
         budget = None if b == "all" else int(b)
         ours = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"clew-{tag}-{b}.safetensors")
         theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{tag}-{b}.pt")
-        quiet[b] = (ours["seconds"], theirs["seconds"])
+        runs[b] = (ours, theirs, os.getloadavg()[0])
+    loaded_runs = loaded(a, ct_python, ids, tag) if a.load else {}
+    active = clew_active(a.model_folder, a.transcoders, ids)
+    print(
+        f"{'budget':>7} {'active':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew MB':>8} {'ct MB':>8} {'mem ratio':>9} {'max |dA|':>10} {'max |A|':>9} {'unsure':>7}"
+    )
+    for b, (ours, theirs, load) in runs.items():
         diff, scale, n_differ = compare(
             WORK / f"clew-{tag}-{b}.safetensors",
             WORK / f"ct-{tag}-{b}.pt",
@@ -477,39 +482,46 @@ def main() -> None:
         print(
             f"{b:>7} {ours['n_active']:>7} {ours['seconds']:>8.2f} {theirs['seconds']:>8.2f} "
             f"{theirs['seconds'] / ours['seconds']:>8.1f}x {ours['peak_mb']:>8.0f} {theirs['peak_mb']:>8.0f} "
-            f"{theirs['peak_mb'] / ours['peak_mb']:>8.2f}x {diff:>10.2e} {scale:>9.2e} {n_differ:>7}  load {os.getloadavg()[0]:.2f}"
+            f"{theirs['peak_mb'] / ours['peak_mb']:>8.2f}x {diff:>10.2e} {scale:>9.2e} {n_differ:>7}  load {load:.2f}"
         )
     if a.load:
-        loaded(a, ct_python, ids, quiet, tag)
+        print(
+            f"\nbeside {a.load} busy processes (load average {loaded_runs.pop('load'):.1f} when it started)"
+        )
+        print(
+            f"{'budget':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew slowdown':>14} {'ct slowdown':>12}"
+        )
+        for b, (ours, theirs) in loaded_runs.items():
+            q_ours, q_theirs = runs[b][0]["seconds"], runs[b][1]["seconds"]
+            print(
+                f"{b:>7} {ours['seconds']:>8.2f} {theirs['seconds']:>8.2f} {theirs['seconds'] / ours['seconds']:>8.1f}x "
+                f"{ours['seconds'] / q_ours:>13.1f}x {theirs['seconds'] / q_theirs:>11.1f}x"
+                + ("  (clew's idle threads slept)" if ours.get("passive") else "")
+            )
 
 
 BUSY = "import torch\ntorch.set_num_threads(1)\nx = torch.randn(512, 512)\nwhile True:\n    x = torch.tanh(x @ x)\n"
 
 
-def loaded(a: argparse.Namespace, ct_python: str, ids: list[int], quiet: dict, tag: str) -> None:
-    """Every row again beside ``a.load`` busy processes: both tools' times and slowdowns."""
+def loaded(a: argparse.Namespace, ct_python: str, ids: list[int], tag: str) -> dict:
+    """Every row again beside ``a.load`` busy processes: both tools' runs per budget, and the load
+    average when they started (``"load"``)."""
     busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(a.load)]
+    out: dict = {}
     try:
         time.sleep(3)
-        print(f"\nbeside {a.load} busy processes (load average {os.getloadavg()[0]:.1f} when it starts)")
-        print(
-            f"{'budget':>7} {'clew s':>8} {'ct s':>8} {'speed-up':>9} {'clew slowdown':>14} {'ct slowdown':>12}"
-        )
+        out["load"] = os.getloadavg()[0]
         for b in a.budgets:
             budget = None if b == "all" else int(b)
             ours = run_worker(
                 sys.executable, "clew", a, ids, budget, WORK / f"clew-{tag}-{b}-loaded.safetensors"
             )
             theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{tag}-{b}-loaded.pt")
-            q_ours, q_theirs = quiet[b]
-            print(
-                f"{b:>7} {ours['seconds']:>8.2f} {theirs['seconds']:>8.2f} {theirs['seconds'] / ours['seconds']:>8.1f}x "
-                f"{ours['seconds'] / q_ours:>13.1f}x {theirs['seconds'] / q_theirs:>11.1f}x"
-                + ("  (clew's idle threads slept)" if ours.get("passive") else "")
-            )
+            out[b] = (ours, theirs)
     finally:
         for p in busy:
             p.kill()
+    return out
 
 
 if __name__ == "__main__":
