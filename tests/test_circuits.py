@@ -96,6 +96,26 @@ def test_summary_edges_are_exact_sums_and_paths_rank_by_bottleneck(dallas):
     assert all(line.startswith("'") for line in circuit.diagram(3))
 
 
+def test_boxes_stay_on_a_path_from_a_token_or_an_error_group_to_a_logit(dallas):
+    """Error groups are sources (no inputs), like tokens: one with a kept edge into the circuit stays,
+    and every other box is reached from a source and reaches a logit through kept edges."""
+    from clew.circuits.summary import _on_paths
+
+    kinds = ["token", "error", "feature", "feature", "logit", "error"]
+    kept = torch.zeros(6, 6, dtype=torch.bool)  # kept[target, source]
+    kept[2, 1] = kept[4, 2] = True  # errors -> feature -> logit; the token and the other errors idle
+    kept[4, 3] = True  # a feature fed by nothing
+    _, alive = _on_paths(kept, kinds)
+    assert alive.tolist() == [False, True, True, False, True, False]
+
+    a, _, _, circuit = dallas
+    assert any(b.kind == "error" for b in circuit.boxes)  # the organism's last position: errors@8
+    k = circuit.kept
+    for i, b in enumerate(circuit.boxes):
+        assert b.kind in ("token", "error") or bool(k[i].any()), b.key  # reached
+        assert b.kind == "logit" or bool(k[:, i].any()), b.key  # reaches on
+
+
 def test_claims_constrained_equals_the_graph_and_the_swap_runs(organism, dallas):
     model, tc, store = organism
     a, b, analysis, circuit = dallas
@@ -152,7 +172,9 @@ def test_circuit_command(tmp_path, capsys):
     out = tmp_path / "c"
     assert main(["circuit", DALLAS, "-m", "organism", "--contrast-prompt", LA, "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "supernodes:" in text and "swap:" in text and "bottleneck" in text
+    assert (
+        "supernodes, single features and error groups:" in text and "swap:" in text and "bottleneck" in text
+    )
     assert "↑" not in text  # named from the shipped feature store, not promoted-token guesses
     names = sorted(p.name for p in out.iterdir())
     slug = "the-capital-of-the-state-containing-dallas-is"

@@ -114,6 +114,8 @@ class Claims:
             "| box | name | features | predicted | constrained | patterns frozen | free | control | p(top) after (control) | |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
+        if not self.claims:
+            lines = ["(no supernode or feature in the summary to take out)"]
         for c in self.claims:
             lines.append(
                 f"| {c.box} | {c.name} | {c.n_features} | {c.predicted:+.2f} | {c.constrained:+.2f} "

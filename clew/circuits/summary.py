@@ -11,7 +11,10 @@ the prompt's tokens and the logits. Between two boxes:
   and edge pruning score them, and a box edge sums its node edges' scores over the total.
 
 Box edges are kept, strongest flow first, until they hold ``edge_share`` of the flow between boxes,
-and boxes left on no path from a token to a logit are dropped. ``coverage`` is the share of all the
+and boxes left on no path from a source to a logit are dropped. Sources are the tokens and the
+error groups (the dictionary's misses, which have no inputs in the graph): a group fed by a
+position's errors stays, and so do the errors, so that a summary of a poor dictionary shows where
+the influence went instead of coming out empty. ``coverage`` is the share of all the
 graph's edge score that the kept box edges carry.
 
 **Path ranking.** A path from a token to a logit is ranked by its *bottleneck*: the smallest flow on
@@ -128,7 +131,8 @@ class Circuit:
         for b in self.boxes:
             if b.kind in ("token", "logit"):
                 continue
-            size = f"{len(b.members)} {'features' if b.kind == 'supernode' else b.kind}"
+            n = len(b.members)
+            size = f"{n} {'error node' if b.kind == 'error' else 'feature'}{'s' if n != 1 else ''}"
             lines.append(
                 f"{b.key:>4} {b.label()}  {size} at {self.graph.token_strings[b.position]!r}@{b.position}, "
                 f"layers {b.layers[0]}–{b.layers[1]}, influence {b.influence:.2f}"
@@ -304,12 +308,13 @@ def _keep_edges(flow: Tensor, share: float) -> Tensor:
 
 
 def _on_paths(kept: Tensor, kinds: list[str]) -> tuple[Tensor, Tensor]:
-    """Drop boxes that no token reaches or that reach no logit, with their edges."""
+    """Drop boxes that no source reaches or that reach no logit, with their edges. Sources are the
+    tokens and the error groups, which have no inputs of their own."""
     B = len(kinds)
     alive = torch.ones(B, dtype=torch.bool)
     while True:
         k = kept & alive[:, None] & alive[None, :]
-        has_in = k.any(1) | torch.tensor([x == "token" for x in kinds])
+        has_in = k.any(1) | torch.tensor([x in ("token", "error") for x in kinds])
         has_out = k.any(0) | torch.tensor([x == "logit" for x in kinds])
         now = alive & has_in & has_out
         now |= torch.tensor([x in ("token", "logit") for x in kinds]) & (k.any(0) | k.any(1))

@@ -117,9 +117,15 @@ def circuit_of(
 def show(found: Found, indent: str = "") -> list[str]:
     """The circuit as printed: supernodes, strongest paths, the intervention table."""
     c = found.circuit
-    lines = ["supernodes:"] + ["  " + line for line in c.table()]
+    lines = ["supernodes, single features and error groups:"] + ["  " + line for line in c.table()]
+    if not any(b.kind in ("supernode", "feature") for b in c.boxes):
+        lines += [
+            "  (no supernode or feature holds enough of the influence to be shown: the dictionary's errors carry it)"
+        ]
     lines += ["strongest paths (share of the output's influence on each edge, sign of its summed weight):"]
-    lines += ["  " + line for line in c.diagram(3)]
+    lines += ["  " + line for line in c.diagram(3)] or [
+        "  (none: no path from a token to a logit among the kept edges)"
+    ]
     if found.claims is not None:
         lines += ["taking each out:"] + ["  " + line for line in found.claims.markdown().splitlines()]
     return [indent + line for line in lines]
