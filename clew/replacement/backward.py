@@ -108,9 +108,14 @@ class Backward:
         self.read = read_point(transcoder.cfg.read)
         self.write = write_point(transcoder.cfg.write)
         self._weights: dict[int, LayerWeights] = {}
+        self._frozen = (cache.patterns, cache.scales)  # what the folded attention was made from
 
     def weights(self, layer: int) -> LayerWeights:
-        """Layer's matrices and norm weights in the backward pass's dtype, prepared on first use."""
+        """Layer's matrices and norm weights in the backward pass's dtype, prepared on first use (and
+        again when the cache's patterns or scales were replaced, which the folded attention holds)."""
+        if self._frozen[0] is not self.cache.patterns or self._frozen[1] is not self.cache.scales:
+            self._weights.clear()
+            self._frozen = (self.cache.patterns, self.cache.scales)
         if layer not in self._weights:
             block, dt = self.model.blocks[layer], self.dtype
             w = LayerWeights(o=block.attn.o.weight.to(dt), v=block.attn.v.weight.to(dt))
@@ -133,17 +138,18 @@ class Backward:
             return None
         cfg, block = self.model.cfg, self.model.blocks[layer]
         H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-        pattern = patterns[layer][0].float()  # (H, Nq, Nk)
+        ft = torch.promote_types(torch.float32, self.dtype)  # float64 stays float64
+        pattern = patterns[layer][0].to(ft)  # (H, Nq, Nk)
         N = pattern.shape[-1]
-        pattern = pattern * self.scale(f"{layer}.ln1")[:, 0].float()[None, None, :]  # at each key
-        o = block.attn.o.weight.float()  # (D, H*E)
+        pattern = pattern * self.scale(f"{layer}.ln1")[:, 0].to(ft)[None, None, :]  # at each key
+        o = block.attn.o.weight.to(ft)  # (D, H*E)
         if "attn_post" in w.norms:
             post = block.attn_post
-            pattern = pattern * self.scale(f"{layer}.attn_post")[:, 0].float()[None, :, None]  # at each query
+            pattern = pattern * self.scale(f"{layer}.attn_post")[:, 0].to(ft)[None, :, None]  # at each query
             if post.centred:
                 o = o - o.mean(0, keepdim=True)
-            o = o * (post.weight.float() + post.offset)[:, None]
-        v = block.attn.v.weight.float() * (block.ln1.weight.float() + block.ln1.offset)[None, :]  # (K*E, D)
+            o = o * (post.weight.to(ft) + post.offset)[:, None]
+        v = block.attn.v.weight.to(ft) * (block.ln1.weight.to(ft) + block.ln1.offset)[None, :]  # (K*E, D)
         if block.ln1.centred:
             v = v - v.mean(1, keepdim=True)
         pattern = pattern.transpose(1, 2).reshape(K, H // K, N, N).transpose(1, 2)  # (K, Nk, G, Nq)
