@@ -205,3 +205,20 @@ def test_finite_check_names_the_node_and_lets_huge_edges_pass(models):
         broken[2, 1] = bad
         with pytest.raises(ClewError, match="edges into"):
             Graph(**{**vars(graph), "adjacency": broken}).check_finite()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_folded_attention_gives_the_graph_of_the_unfolded_one(models, family, monkeypatch):
+    """The attention transpose with the norms folded into the weights and the pattern (short prompts)
+    and the one that applies them step by step (prompts past FOLD_BYTES) give the same edges; the
+    families cover RMSNorm, Gemma's post-attention norm and GPT-2's centred LayerNorm."""
+    import clew.replacement.backward as backward
+
+    model = models[family]
+    tc = random_transcoder(model.cfg, "clt-jumprelu-resid")
+    folded = trace(model, tc, prompt(), progress=False)
+    monkeypatch.setattr(backward, "FOLD_BYTES", 0)
+    plain = trace(model, tc, prompt(), progress=False)
+    assert torch.equal(folded.features, plain.features)
+    scale = float(plain.adjacency.abs().max())
+    assert scale > 0 and float((folded.adjacency - plain.adjacency).abs().max()) <= 1e-5 * scale

@@ -25,9 +25,10 @@ from clew.models.transformer import Norm
 QUERY_BLOCK = 256
 """Queries per block in :meth:`Backward.pattern_t` for prompts longer than twice this."""
 
-FOLD_MAX = 2 * QUERY_BLOCK
-"""Prompts up to this length, with their patterns kept, carry gradients through attention with the
-norms folded into the weights and the pattern (:class:`FoldedAttention`)."""
+FOLD_BYTES = 512 << 20
+"""Prompts whose folded patterns (:class:`FoldedAttention`, all layers together) take at most this
+much memory, and whose patterns are kept, carry gradients through attention with the norms folded
+into the weights and the pattern: SmolLM2-135M up to 500 tokens or so, in float32."""
 
 
 def norm_transpose(norm: Norm, scale: Tensor, g: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -54,7 +55,7 @@ class LayerWeights:
     skip_t: Tensor | None = None
     """(D, D) ``W_skip^T`` of the dictionary's skip path, if any."""
     folded: FoldedAttention | None = None
-    """The attention branch with its norms folded in, for prompts of up to :data:`FOLD_MAX` tokens
+    """The attention branch with its norms folded in, for prompts short enough (:data:`FOLD_BYTES`)
     whose patterns are kept."""
 
 
@@ -134,7 +135,11 @@ class Backward:
         """Layer's attention with its norms folded in (:class:`FoldedAttention`), when the prompt is
         short and its patterns are kept."""
         patterns = self.cache.patterns
-        if not patterns.kept or patterns[layer].shape[-1] > FOLD_MAX:
+        if not patterns.kept:
+            return None
+        n_heads, N = patterns[layer].shape[1], patterns[layer].shape[-1]
+        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        if len(patterns) * n_heads * N * N * itemsize > FOLD_BYTES:
             return None
         cfg, block = self.model.cfg, self.model.blocks[layer]
         H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
