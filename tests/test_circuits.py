@@ -352,7 +352,31 @@ def test_kept_contexts_forget_the_oldest_never_the_ones_asked_for(organism, monk
     monkeypatch.setattr(examples, "MAX_KEPT", 3)
     runner = examples.ContextActivations(model, tc)
     a, b, c, d = ((0, 274, t) for t in (265, 280, 312, 314))  # run in this order
-    runner.run([a, b, c])
-    runner.run([a, d])  # a is asked for again: b, now the one used longest ago, goes
+    runner.run([a, b, c], 3)
+    runner.run([a, d], 3)  # a is asked for again: b, now the one used longest ago, goes
     assert list(runner.kept) == [c, a, d]
+    assert set(runner.depth) == {c, a, d}  # the forgotten ones' depths go with them
     assert runner.members(a, [0], [0]).shape == (3, 1)
+
+
+def test_contexts_run_as_deep_as_asked_and_again_when_asked_deeper(organism):
+    """A context runs through the model and dictionary up to the layer asked for, no further; asked
+    for a deeper layer later, it runs again; the activations are those of a full run."""
+    from clew.circuits.examples import ContextActivations
+    from clew.features.collect import feature_activations
+
+    model, tc, _ = organism
+    runner = ContextActivations(model, tc)
+    c = (0, 274, 265, 280)
+    full = feature_activations(model, tc, torch.tensor([list(c)]))
+    runner.run([c], 1)
+    assert sorted(runner.kept[c]) == [0, 1] and runner.depth[c] == 1
+    runner.run([c], 0)  # shallower: nothing to run
+    assert runner.depth[c] == 1
+    runner.run([c], 3)
+    assert sorted(runner.kept[c]) == [0, 1, 2, 3] and runner.depth[c] == 3
+    for layer in range(4):
+        idx = full[layer][0].amax(0).nonzero().flatten().tolist()  # every feature active somewhere
+        assert idx
+        got = runner.members(c, [layer] * len(idx), idx)  # (P, k)
+        assert torch.allclose(got, full[layer][0][:, idx])

@@ -157,8 +157,10 @@ class ContextActivations:
     def __init__(self, model: Transformer, transcoder: Transcoder):
         self.model, self.transcoder = model, transcoder
         self.bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-        # context -> layer -> (n, 3): position, feature index, activation of each active feature
+        # context -> layer -> (n, 3): position, feature index, activation of each active feature, at
+        # the layers up to the highest one run for it
         self.kept: dict[tuple[int, ...], dict[int, Tensor]] = {}
+        self.depth: dict[tuple[int, ...], int] = {}
 
     @classmethod
     def of(cls, model: Transformer, transcoder: Transcoder) -> ContextActivations:
@@ -168,28 +170,32 @@ class ContextActivations:
         return kept
 
     @torch.no_grad()
-    def run(self, contexts: list[tuple[int, ...]]) -> None:
-        """Run the contexts not kept yet. Beyond :data:`MAX_KEPT`, those used longest ago are
-        forgotten, never one of ``contexts`` (at most :data:`MAX_CONTEXTS` of them)."""
+    def run(self, contexts: list[tuple[int, ...]], up_to: int) -> None:
+        """Run the contexts not kept yet, or kept only below layer ``up_to``, through the model and
+        the dictionary up to that layer (no further: a group's examples need its members' layers
+        only). Beyond :data:`MAX_KEPT`, those used longest ago are forgotten, never one of
+        ``contexts`` (at most :data:`MAX_CONTEXTS` of them)."""
         for c in contexts:  # the ones asked for again become the most recent
             if c in self.kept:
                 self.kept[c] = self.kept.pop(c)
-        todo = sorted({c for c in contexts if c not in self.kept}, key=lambda c: (len(c), c))
+        todo = sorted({c for c in contexts if self.depth.get(c, -1) < up_to}, key=lambda c: (len(c), c))
         device = self.model.embed.weight.device
         for start in range(0, len(todo), BATCH):
             batch = todo[start : start + BATCH]
             width = max(len(c) for c in batch)
             # padded on the right: under causal attention the padding never reaches a real position
             ids = torch.tensor([list(c) + [c[-1]] * (width - len(c)) for c in batch], device=device)
-            acts = feature_activations(self.model, self.transcoder, ids)  # layer -> (B, P, F)
+            acts = feature_activations(self.model, self.transcoder, ids, up_to)  # layer -> (B, P, F)
             for b, c in enumerate(batch):
                 per_layer = {}
                 for layer, a in acts.items():
                     on = a[b, : len(c)].nonzero()  # (n, 2) position, index
                     values = a[b, on[:, 0], on[:, 1]]
                     per_layer[layer] = torch.cat([on.float(), values[:, None]], 1).cpu()
-                self.kept[c] = per_layer
+                self.kept.pop(c, None)  # the most recent again
+                self.kept[c], self.depth[c] = per_layer, up_to
         while len(self.kept) > MAX_KEPT:
+            del self.depth[next(iter(self.kept))]
             del self.kept[next(iter(self.kept))]
 
     def members(self, context: tuple[int, ...], layers: list[int], index: list[int]) -> Tensor:
@@ -213,18 +219,22 @@ def group_examples(
     store: FeatureStore,
     n: int = N_EXAMPLES,
     near: float = NEAR,
+    up_to: int | None = None,
 ) -> list[GroupExample]:
     """The contexts where the group fires most as it does in ``graph`` (module docstring), best
-    first: the ``n`` best and every other scoring at least ``near`` times the best."""
+    first: the ``n`` best and every other scoring at least ``near`` times the best. Contexts run up
+    to layer ``up_to`` (the members' highest when None; a caller naming several groups passes their
+    highest, so that each context runs once for all)."""
     here = graph.activations[members].float().clamp_min(0)
     if not members or float(here.sum()) <= 0:
         return []
     layers = graph.features[members, 0].tolist()
     index = graph.features[members, 2].tolist()
+    depth = max(layers) if up_to is None else max(up_to, max(layers))
     runner = ContextActivations.of(model, transcoder)
 
     def scored(contexts: list[tuple[int, ...]]) -> list[GroupExample]:
-        runner.run(contexts)
+        runner.run(contexts, depth)
         out = []
         for c in contexts:
             a = runner.members(c, layers, index)  # (P, k)

@@ -288,9 +288,11 @@ def name_supernodes(
     from the groups' own examples."""
     background = Background.of(store) if store is not None else None
     own = store is not None and model is not None and transcoder is not None
-    for group in groups:
-        if group.source == "auto" or not group.name:
-            found = group_examples(model, transcoder, graph, group.members, store) if own else []
-            group.examples = [e.text(store) for e in found[:SHOWN]]
-            group.name = name_of(graph, analysis, group, labels, store, background, found)
+    named = [g for g in groups if g.source == "auto" or not g.name]
+    # every group's contexts run as deep as the deepest group needs: once each, not once per depth
+    up_to = max((int(graph.features[n, 0]) for g in named for n in g.members), default=0)
+    for group in named:
+        found = group_examples(model, transcoder, graph, group.members, store, up_to=up_to) if own else []
+        group.examples = [e.text(store) for e in found[:SHOWN]]
+        group.name = name_of(graph, analysis, group, labels, store, background, found)
     return groups

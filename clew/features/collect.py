@@ -272,24 +272,27 @@ class _Stop(Exception):
 
 
 class _Reader:
-    """An MLP replacement that keeps what the dictionary reads and stops after the last layer needed."""
+    """An MLP replacement that keeps what the dictionary reads at ``layers`` and stops after the last."""
 
-    def __init__(self, model: Transformer, tc: Transcoder):
-        self.model, self.tc = model, tc
+    def __init__(self, model: Transformer, tc: Transcoder, layers: list[int]):
+        self.model, self.tc, self.layers = model, tc, layers
         self.write = tc.cfg.write
         self.inputs: dict[int, Tensor] = {}
 
     def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
-        if layer in self.tc.layers:
+        if layer in self.layers:
             self.inputs[layer] = read_input(self.tc.cfg.read, resid_mid, mlp_in)
-            if layer == self.tc.layers[-1]:
+            if layer == self.layers[-1]:
                 raise _Stop
         return self.model.mlp_branch(layer, mlp_in, self.write)
 
 
-def _inputs(model: Transformer, tc: Transcoder, tokens: Tensor) -> dict[int, Tensor]:
-    """layer -> ``[B, P, d]``: what the dictionary reads at each of its layers, on ``tokens`` ``[B, P]``."""
-    reader = _Reader(model, tc)
+def _inputs(
+    model: Transformer, tc: Transcoder, tokens: Tensor, layers: list[int] | None = None
+) -> dict[int, Tensor]:
+    """layer -> ``[B, P, d]``: what the dictionary reads at each of its ``layers`` (all when None), on
+    ``tokens`` ``[B, P]``; the model runs no further than the last of them."""
+    reader = _Reader(model, tc, list(tc.layers) if layers is None else layers)
     try:
         model.run(tokens, mlp=reader)
     except _Stop:
@@ -298,10 +301,16 @@ def _inputs(model: Transformer, tc: Transcoder, tokens: Tensor) -> dict[int, Ten
 
 
 @torch.inference_mode()
-def feature_activations(model: Transformer, tc: Transcoder, tokens: Tensor) -> dict[int, Tensor]:
-    """layer -> ``[B, P, F]`` activations of every feature on ``tokens`` ``[B, P]`` (encoders only)."""
-    inputs = _inputs(model, tc, tokens)
-    return {layer: _encode(tc, layer, inputs[layer]).float() for layer in tc.layers}
+def feature_activations(
+    model: Transformer, tc: Transcoder, tokens: Tensor, up_to: int | None = None
+) -> dict[int, Tensor]:
+    """layer -> ``[B, P, F]`` activations of every feature on ``tokens`` ``[B, P]`` (encoders only), at
+    the dictionary's layers up to ``up_to`` (all when None): the model runs no further."""
+    layers = [layer for layer in tc.layers if up_to is None or layer <= up_to]
+    if not layers:
+        return {}
+    inputs = _inputs(model, tc, tokens, layers)
+    return {layer: _encode(tc, layer, inputs[layer]).float() for layer in layers}
 
 
 def _flat_nonzero(mask: Tensor) -> Tensor:
