@@ -8,6 +8,7 @@ or the organism with its shipped ones; per-layer (PLT) or cross-layer (CLT).
     python bench/vs_circuit_tracer.py --scale         # clew alone on 64 / 256 / 1024-token prompts
     python bench/vs_circuit_tracer.py --budgets 256   # a subset of the rows
     python bench/vs_circuit_tracer.py --ct-batch-size 256   # circuit-tracer at its fastest setting
+    python bench/vs_circuit_tracer.py --ct-batch-size 256 --budgets all --repeat 5   # medians of 5 pairs
     python bench/vs_circuit_tracer.py --load 2 --budgets all   # quiet, then beside 2 busy processes
 
 circuit-tracer runs in its own virtual environment (bench/.ctvenv, created on first use with
@@ -414,6 +415,14 @@ def main() -> None:
     )
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each pair this many times (clew, then circuit-tracer, in turn) and report the median "
+        "time of each tool, with every pair's figures beside; circuit-tracer's time alone varies by "
+        "half from run to run here",
+    )
+    p.add_argument(
         "--load",
         type=int,
         default=0,
@@ -463,9 +472,24 @@ def main() -> None:
     runs = {}
     for b in a.budgets:
         budget = None if b == "all" else int(b)
-        ours = run_worker(sys.executable, "clew", a, ids, budget, WORK / f"clew-{tag}-{b}.safetensors")
-        theirs = run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{tag}-{b}.pt")
+        pairs = [
+            (
+                run_worker(sys.executable, "clew", a, ids, budget, WORK / f"clew-{tag}-{b}.safetensors"),
+                run_worker(ct_python, "ct", a, ids, budget, WORK / f"ct-{tag}-{b}.pt"),
+            )
+            for _ in range(a.repeat)
+        ]
+        ours, theirs = _median_run([p[0] for p in pairs]), _median_run([p[1] for p in pairs])
         runs[b] = (ours, theirs, os.getloadavg()[0])
+        if a.repeat > 1:
+            print(
+                f"{b:>7}: clew "
+                + " ".join(f"{p[0]['seconds']:.2f}" for p in pairs)
+                + " s; circuit-tracer "
+                + " ".join(f"{p[1]['seconds']:.2f}" for p in pairs)
+                + " s; speed-ups "
+                + " ".join(f"{p[1]['seconds'] / p[0]['seconds']:.1f}x" for p in pairs)
+            )
     loaded_runs = loaded(a, ct_python, ids, tag) if a.load else {}
     active = clew_active(a.model_folder, a.transcoders, ids)
     print(
@@ -498,6 +522,13 @@ def main() -> None:
                 f"{ours['seconds'] / q_ours:>13.1f}x {theirs['seconds'] / q_theirs:>11.1f}x"
                 + ("  (clew's idle threads slept)" if ours.get("passive") else "")
             )
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median time (the lower middle one of an even number), with the largest peak memory
+    of them all."""
+    ranked = sorted(runs, key=lambda r: r["seconds"])
+    return {**ranked[(len(ranked) - 1) // 2], "peak_mb": max(r["peak_mb"] for r in runs)}
 
 
 BUSY = "import torch\ntorch.set_num_threads(1)\nx = torch.randn(512, 512)\nwhile True:\n    x = torch.tanh(x @ x)\n"
