@@ -195,8 +195,8 @@ class ContextActivations:
                 self.kept.pop(c, None)  # the most recent again
                 self.kept[c], self.depth[c] = per_layer, up_to
         while len(self.kept) > MAX_KEPT:
-            del self.depth[next(iter(self.kept))]
-            del self.kept[next(iter(self.kept))]
+            oldest = next(iter(self.kept))
+            del self.kept[oldest], self.depth[oldest]
 
     def members(self, context: tuple[int, ...], layers: list[int], index: list[int]) -> Tensor:
         """(len(context), k): the activations of k features, (layers[i], index[i]), on a kept context."""

@@ -137,16 +137,14 @@ class Backward:
         patterns = self.cache.patterns
         if not patterns.kept:
             return None
-        n_heads, N = patterns[layer].shape[1], patterns[layer].shape[-1]
-        itemsize = torch.empty(0, dtype=self.dtype).element_size()
-        if len(patterns) * n_heads * N * N * itemsize > FOLD_BYTES:
-            return None
         cfg, block = self.model.cfg, self.model.blocks[layer]
         H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        kept = patterns[layer][0]  # (H, Nq, Nk)
+        N = kept.shape[-1]
+        if len(patterns) * H * N * N * torch.finfo(self.dtype).bits // 8 > FOLD_BYTES:
+            return None
         ft = torch.promote_types(torch.float32, self.dtype)  # float64 stays float64
-        pattern = patterns[layer][0].to(ft)  # (H, Nq, Nk)
-        N = pattern.shape[-1]
-        pattern = pattern * self.scale(f"{layer}.ln1")[:, 0].to(ft)[None, None, :]  # at each key
+        pattern = kept.to(ft) * self.scale(f"{layer}.ln1")[:, 0].to(ft)[None, None, :]  # at each key
         o = block.attn.o.weight.to(ft)  # (D, H*E)
         if "attn_post" in w.norms:
             post = block.attn_post
