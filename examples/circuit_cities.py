@@ -63,6 +63,14 @@ def _state_cities(name: str, state, city: str) -> bool:
     return any(w in words for f in fires for w in f.split())
 
 
+def claim_of(supernode, circuit, claims):
+    """The tested claim of a supernode's box in the summary, or None when the summary left it out."""
+    key = next(
+        (b.key for b in circuit.boxes if b.kind == "supernode" and b.members == supernode.members), None
+    )
+    return next((c for c in claims.claims if c.box == key), None)
+
+
 def jaccard_match(a: list[list[int]], b: list[list[int]]) -> float:
     """Mean over a's groups of the best Jaccard overlap with a group of b, weighted by group size."""
     if not a:
@@ -117,10 +125,12 @@ def main() -> None:
     lines = [
         "| city | state | two-hop | supernode at the city | names the state | fires on its other cities | p(capital) clean | "
         "out: p(capital) | control: p(capital) | below control | swap with | top after swap | swap worked | "
-        "top after swap, errors live | worked, errors live |",
-        "|---|---|---|---|---|---|---:|---:|---:|---|---|---|---|---|---|",
+        "top after swap, errors live | worked, errors live | supernodes at the city | one names the state | "
+        "its out: p(capital) | below control |",
+        "|---|---|---|---|---|---|---:|---:|---:|---|---|---|---|---|---|---:|---|---:|---|",
     ]
     tally = {"rows": 0, "named": 0, "wrong": 0, "cities": 0, "below": 0, "swapped": 0, "live": 0, "found": 0}
+    tally |= {"any": 0, "any_below": 0}
     t0 = time.perf_counter()
 
     def length(city: str) -> int:
@@ -146,16 +156,25 @@ def main() -> None:
         if not at_city:
             lines.append(
                 f"| {city} | {state.name} | {kind} | none | no | no | {float(graph.logit_probs[0]):.3f} | | | no | "
-                f"{contrast_city} | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} |"
+                f"{contrast_city} | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} | 0 | no | | no |"
             )
             continue
         tally["found"] += 1
         best = at_city[0]
-        key = next(
-            (b.key for b in circuit.boxes if b.kind == "supernode" and b.members == best.members), None
-        )
-        claim = next((c for c in claims.claims if c.box == key), None)
+
+        claim = claim_of(best, circuit, claims)
         named = _names(best.name, state.name, city)
+        # any specific supernode at the city (most influential first) whose name names the state
+        namer = next((s for s in at_city if _names(s.name, state.name, city)), None)
+        namer_claim = claim_of(namer, circuit, claims) if namer is not None else None
+        namer_below = namer_claim is not None and namer_claim.p_after < namer_claim.p_control
+        tally["any"] += namer is not None
+        tally["any_below"] += namer_below
+        if namer is None:
+            also = "no | |"
+        else:
+            out = f"{namer_claim.p_after:.3f}" if namer_claim else "(not in summary)"
+            also = ("yes" if namer is best else f"yes: [{namer.name}]") + f" | {out} |"
         tally["named"] += named
         wrong = (
             [] if named else [s.name for s in US_STATES if s is not state and _names(best.name, s.name, city)]
@@ -170,7 +189,8 @@ def main() -> None:
         lines.append(
             f"| {city} | {state.name} | {kind} | [{best.name}] ({len(best.members)}) | {'yes' if named else ('no, ' + wrong[0] if wrong else 'no')} | {'yes' if region else 'no'} | "
             f"{float(graph.logit_probs[0]):.3f} {answer!r} | {p_out} | {p_ctl} | {'yes' if below else 'no'} | "
-            f"{contrast_city} ({other.capital}) | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} |"
+            f"{contrast_city} ({other.capital}) | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} | "
+            f"{len(at_city)} | {also} {'yes' if namer_below else 'no'} |"
         )
     n = tally["rows"]
     summary = (
@@ -178,7 +198,9 @@ def main() -> None:
         f"{tally['found']}/{n}; its name names the state in {tally['named']}/{n} (and another state in {tally['wrong']}/{n}); the tokens it fires on include another city of the state in {tally['cities']}/{n}; taking it out leaves the "
         f"capital less likely than a matched random group in {tally['below']}/{n}; the swap gives the other "
         f"state's capital in {tally['swapped']}/{n} in the replacement model (errors frozen) and in "
-        f"{tally['live']}/{n} through the model's own MLPs (errors live)."
+        f"{tally['live']}/{n} through the model's own MLPs (errors live). Some specific supernode at the city "
+        f"names the state in {tally['any']}/{n}, and taking that one out leaves the capital less likely than "
+        f"its matched random group in {tally['any_below']}/{n}."
     )
 
     # stability: the same graph twice, and neighbouring prune thresholds
