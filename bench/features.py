@@ -103,7 +103,7 @@ def smol_dictionary(model, folder: Path):
     """A random JumpReLU PLT on :data:`SMOL_LAYERS`, thresholds at the 99th percentile of a calibration run."""
     from clew.dictionaries import save_transcoder
     from clew.dictionaries.transcoder import Transcoder, TranscoderConfig
-    from clew.features.collect import _Reader, _Stop
+    from clew.features.encode import dictionary_inputs
 
     if (folder / "config.yaml").exists():
         return folder
@@ -115,14 +115,10 @@ def smol_dictionary(model, folder: Path):
     g = torch.Generator().manual_seed(0)
     text = "The capital of the state containing Dallas is Austin. " * 8
     ids = torch.tensor([[model.tokenizer.bos_token_id, *model.tokenizer(text)["input_ids"]]])
-    reader = _Reader(model, tc)
     with torch.no_grad():
-        try:
-            model.run(ids, mlp=reader)
-        except _Stop:
-            pass
+        inputs = dictionary_inputs(model, tc, ids)  # what the dictionary reads at its layers, no deeper
         for i, layer in enumerate(SMOL_LAYERS):
-            x = reader.inputs[layer][0, 1:]
+            x = inputs[layer][0, 1:]
             w = torch.randn(N_FEATURES, cfg.d_model, generator=g) / x.norm(dim=-1).mean()
             tc.W_enc[i] = w
             tc.threshold[i] = (x @ w.T).flatten().quantile(0.99).clamp_min(1e-3)

@@ -2,7 +2,7 @@
 state, does taking it out hurt the capital more than a matched random group, and does swapping in
 another state's group give that state's capital? Every row is printed; nothing is picked.
 
-    python examples/circuit_cities.py [--skip-states 0|12|24|36] [--dictionary clt|plt] [--out FILE]
+    python examples/circuit_cities.py [--skip-states 0|12|24|36] [--taught 0|1|2] [--dictionary clt|plt] [--out FILE]
 
 Cities: for each of the first states (table order) with at least three cities, one city taught in the
 two-hop sentence and the held-out one (never seen in that sentence), each contrasted with a taught city
@@ -21,11 +21,15 @@ from pathlib import Path
 TEMPLATE = "The capital of the state containing {} is"
 
 
-def cities(n_states: int, skip: int = 0, length=None):
+def cities(n_states: int, skip: int = 0, length=None, taught: int = 0):
     """(city, state, taught or held out, contrast city, its state) rows. The contrast is the next
     state's first taught city, or with ``length`` (a city's number of tokens) its first taught city as
     long as the city when it has one: the swap puts the contrast's features in at aligned positions,
-    and a contrast longer than the city has positions with nowhere to go."""
+    and a contrast longer than the city has positions with nowhere to go.
+
+    ``taught`` picks the state's taught city by its index (0: the first); above 0 the rows are that
+    city's alone (each state has one held-out city, already in the rows of ``taught=0``), and states
+    with fewer taught cities are left out."""
     from clew.organism.corpus import Split
     from clew.organism.world import US_STATES
 
@@ -34,10 +38,13 @@ def cities(n_states: int, skip: int = 0, length=None):
     rows = []
     for i, state in enumerate(states):
         other = states[(i + 1) % len(states)]
-        taught = next(c for c in state.cities if c not in split.heldout_cities)
+        own = [c for c in state.cities if c not in split.heldout_cities]
+        if taught >= len(own):
+            continue
         held = next(c for c in state.cities if c in split.heldout_cities)
         choices = [c for c in other.cities if c not in split.heldout_cities]
-        for city, kind in ((taught, "taught"), (held, "held out")):
+        pairs = [(own[taught], "taught")] + ([(held, "held out")] if taught == 0 else [])
+        for city, kind in pairs:
             same = [c for c in choices if length is not None and length(c) == length(city)]
             rows.append((city, state, kind, (same or choices)[0], other))
     return rows
@@ -101,6 +108,13 @@ def main() -> None:
         help="the contrast city: the next state's first taught city with as many tokens as the city "
         "(when it has one; the default), or its first taught city whatever its length",
     )
+    parser.add_argument(
+        "--taught",
+        type=int,
+        default=0,
+        help="which taught city of each state (0: the first; 1, 2: cities no naming rule was tuned on, "
+        "taught cities only, states with that many)",
+    )
     parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args()
 
@@ -136,7 +150,9 @@ def main() -> None:
     def length(city: str) -> int:
         return len(model.tokenizer(" " + city, add_special_tokens=False)["input_ids"])
 
-    rows = cities(args.states, args.skip_states, length if args.contrast == "same-length" else None)
+    rows = cities(
+        args.states, args.skip_states, length if args.contrast == "same-length" else None, args.taught
+    )
     for city, state, kind, contrast_city, other in rows:
         found = circuit_of(model, tc, TEMPLATE.format(city), store, TEMPLATE.format(contrast_city))
         graph, circuit, claims = found.graph, found.circuit, found.claims
@@ -194,7 +210,7 @@ def main() -> None:
         )
     n = tally["rows"]
     summary = (
-        f"\n{n} cities in {args.states} states ({time.perf_counter() - t0:.0f} s): a specific supernode at the city in "
+        f"\n{n} cities in {len({r[1].name for r in rows})} states ({time.perf_counter() - t0:.0f} s): a specific supernode at the city in "
         f"{tally['found']}/{n}; its name names the state in {tally['named']}/{n} (and another state in {tally['wrong']}/{n}); the tokens it fires on include another city of the state in {tally['cities']}/{n}; taking it out leaves the "
         f"capital less likely than a matched random group in {tally['below']}/{n}; the swap gives the other "
         f"state's capital in {tally['swapped']}/{n} in the replacement model (errors frozen) and in "

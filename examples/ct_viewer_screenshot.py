@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-from clew.attribution.export import slug_from
+from clew.attribution.viewer_schema import slug_from
 from clew.commands.demo import DALLAS
 from clew.errors import ClewError
 

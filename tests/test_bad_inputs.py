@@ -5,7 +5,7 @@ Each case builds its inputs in a fresh folder (copies of a tiny model, its dicti
 damaged as the case says), runs the command in-process through :func:`clew.cli.main` from inside that
 folder, and checks: exit code not 0; exactly one ``error:`` line on stderr, the last one; no traceback;
 every file in the case's folder and in the shared inputs byte for byte as before. A second part feeds
-damaged viewer JSON to :func:`clew.attribution.export.import_json` (only :class:`ClewError` may come out).
+damaged viewer JSON to :func:`clew.attribution.viewer_import.import_json` (only :class:`ClewError` may come out).
 The fuzz test at the end mutates graph files, dictionary configs and viewer JSON at random (seeded,
 bounded in time).
 """
@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from tiny_dictionaries import random_transcoder
 
 from clew.attribution import Graph
-from clew.attribution.export import import_json
+from clew.attribution.viewer_import import import_json
 from clew.cli import main
 from clew.dictionaries import load_transcoder, save_transcoder
 from clew.errors import ClewError
@@ -623,12 +623,18 @@ def test_an_interrupted_trace_leaves_the_old_files_and_no_temporaries(
     earlier one leaves the earlier graph file and JSON as they were, and no temporary file; temporaries
     a killed process left behind are removed by the next trace of the slug."""
     import clew.attribution.export as export
+    import clew.attribution.viewer_schema as viewer_schema
 
     shutil.copytree(world / "graphs", tmp_path / "out")
     stale = tmp_path / "out" / ".g.safetensors.abc123.tmp"
     stale.write_bytes(b"\0" * 1000)
     before = snapshot(tmp_path / "out")
-    monkeypatch.setattr(export, "write_atomic", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_atomic", interrupt)  # the graph's JSON
+    monkeypatch.setattr(viewer_schema, "write_atomic", interrupt)  # graph-metadata.json
     argv = ["trace", "w2 w3 w4 w5", "-m", str(world / "model"), "-d", str(world / "tc"), "--quiet"]
     assert main([*argv, "-o", str(tmp_path / "out"), "--slug", "g"]) == 130
     after = snapshot(tmp_path / "out")

@@ -258,7 +258,7 @@ def test_a_groups_examples_are_where_its_members_fire_as_here(organism, dallas):
     theirs in the graph, recomputed on the context alone (no batch, no padding); the best is 1 at the
     city itself, and the examples of the group at the city peak on Texas's cities."""
     from clew.circuits.examples import group_examples
-    from clew.features.collect import feature_activations
+    from clew.features.encode import feature_activations
 
     model, tc, store = organism
     a, _, _, circuit = dallas
@@ -299,8 +299,7 @@ def test_own_examples_name_groups_of_any_model(tmp_path):
     from hf_tiny import save_hf_model, save_tiny_tokenizer
 
     from clew.circuits.examples import group_examples
-    from clew.features import FeatureStore
-    from clew.features.collect import CollectConfig, collect, feature_activations
+    from clew.features import CollectConfig, FeatureStore, collect, feature_activations
     from clew.models.loading import load_folder
 
     save_hf_model("llama", tmp_path / "m")
@@ -363,7 +362,7 @@ def test_contexts_run_as_deep_as_asked_and_again_when_asked_deeper(organism):
     """A context runs through the model and dictionary up to the layer asked for, no further; asked
     for a deeper layer later, it runs again; the activations are those of a full run."""
     from clew.circuits.examples import ContextActivations
-    from clew.features.collect import feature_activations
+    from clew.features.encode import feature_activations
 
     model, tc, _ = organism
     runner = ContextActivations(model, tc)

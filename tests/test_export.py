@@ -17,8 +17,10 @@ from tiny_dictionaries import random_transcoder
 import clew
 from clew.attribution import Graph, prune, trace
 from clew.attribution.analysis import analyze
-from clew.attribution.export import SLUG_RE, cantor, export_json, import_json, node_ids, slug_from, uncantor
+from clew.attribution.export import export_json
 from clew.attribution.picture import describe_path, path_strength, render_svg, strongest_paths
+from clew.attribution.viewer_import import import_json
+from clew.attribution.viewer_schema import SLUG_RE, cantor, node_ids, slug_from, uncantor
 from clew.errors import ClewError
 from clew.models.loading import load_folder
 

@@ -13,7 +13,7 @@ import torch
 
 from clew.errors import ClewError
 from clew.features import CollectConfig, FeatureStore, collect, feature_activations, fingerprint
-from clew.features.collect import contexts_of
+from clew.features.contexts import contexts_of
 from clew.organism.features import OrganismCorpus
 
 N_DOCS = 64

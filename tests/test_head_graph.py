@@ -10,8 +10,9 @@ from hf_tiny import FAMILIES
 from tiny_dictionaries import KINDS, random_transcoder
 
 from clew.attribution import Graph, analyze, import_json, trace
-from clew.attribution.export import HEAD_FEATURE_TYPE, export_json
+from clew.attribution.export import export_json
 from clew.attribution.head_graph import HeadGraph, route_heads, routed_view, strongest
+from clew.attribution.viewer_schema import HEAD_FEATURE_TYPE
 from clew.cli import main
 from clew.errors import ClewError
 

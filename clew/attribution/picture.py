@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from clew.attribution.export import top_logit
 from clew.attribution.graph import Graph
 from clew.attribution.prune import Pruned, row_sums
+from clew.attribution.viewer_schema import top_logit
 from clew.render import Canvas
 from clew.render.svg import printable
 

@@ -41,7 +41,7 @@ from torch import Tensor
 from clew.attribution import Graph
 from clew.dictionaries import Transcoder
 from clew.features import FeatureStore
-from clew.features.collect import feature_activations
+from clew.features.encode import feature_activations
 from clew.models import Transformer
 
 N_EXAMPLES = 10

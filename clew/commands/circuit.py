@@ -152,7 +152,7 @@ def write(found: Found, out: Path, slug: str) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clew.attribution.export import slug_from
+    from clew.attribution.viewer_schema import slug_from
     from clew.circuits import GroupingConfig
     from clew.commands.trace import check_tracing_options, feature_store
     from clew.errors import ClewError

@@ -57,7 +57,7 @@ def shipped_store(kind: str, tc):
 def run(args: argparse.Namespace) -> int:
     from clew.assets import ORGANISM
     from clew.attribution import export_json
-    from clew.attribution.export import slug_from
+    from clew.attribution.viewer_schema import slug_from
     from clew.commands.circuit import circuit_of, show, write
     from clew.commands.features import VIEWER_BASE, write_graph_features
     from clew.resolve import load_model_and_dictionary

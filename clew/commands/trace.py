@@ -153,11 +153,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from clew.attribution import analyze, trace
-    from clew.attribution.export import (
+    from clew.attribution.export import export_json
+    from clew.attribution.viewer_schema import (
         INDEX_FILE,
         check_scan,
         check_slug,
-        export_json,
         read_index,
         scan_from,
         slug_from,
@@ -245,8 +245,9 @@ def route(args, model, dictionary, graph, analysis, labels, out: Path, slug: str
     (QK attribution), save and export; the summary of the strongest head nodes."""
     import torch
 
-    from clew.attribution.export import export_json, scan_from
+    from clew.attribution.export import export_json
     from clew.attribution.head_graph import route_heads, routed_view, strongest, summary
+    from clew.attribution.viewer_schema import scan_from
     from clew.qk import annotate_heads
     from clew.replacement import LocalReplacement
 

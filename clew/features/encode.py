@@ -1,0 +1,94 @@
+"""A dictionary's encoders run on contexts: what it reads at its layers, and its features' activations.
+
+Only the encoders: the model runs up to the last layer the dictionary reads (or the last one asked
+for) and no further, and the decoders are never touched. The nonlinearity is applied in place on the
+pre-activations, so a layer holds one ``[B, P, F]`` tensor, not two.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from clew.dictionaries import Transcoder
+from clew.models import Transformer
+from clew.models.points import read_input
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Reader:
+    """An MLP replacement that keeps what the dictionary reads at ``layers`` and stops after the last."""
+
+    def __init__(self, model: Transformer, tc: Transcoder, layers: list[int]):
+        self.model, self.tc, self.layers = model, tc, layers
+        self.write = tc.cfg.write
+        self.inputs: dict[int, Tensor] = {}
+
+    def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
+        if layer in self.layers:
+            self.inputs[layer] = read_input(self.tc.cfg.read, resid_mid, mlp_in)
+            if layer == self.layers[-1]:
+                raise _Stop
+        return self.model.mlp_branch(layer, mlp_in, self.write)
+
+
+def dictionary_inputs(
+    model: Transformer, tc: Transcoder, tokens: Tensor, layers: list[int] | None = None
+) -> dict[int, Tensor]:
+    """layer -> ``[B, P, d]``: what the dictionary reads at each of its ``layers`` (all when None), on
+    ``tokens`` ``[B, P]``; the model runs no further than the last of them."""
+    reader = _Reader(model, tc, list(tc.layers) if layers is None else layers)
+    try:
+        model.run(tokens, mlp=reader)
+    except _Stop:
+        pass
+    return reader.inputs
+
+
+@torch.inference_mode()
+def feature_activations(
+    model: Transformer, tc: Transcoder, tokens: Tensor, up_to: int | None = None
+) -> dict[int, Tensor]:
+    """layer -> ``[B, P, F]`` activations of every feature on ``tokens`` ``[B, P]`` (encoders only), at
+    the dictionary's layers up to ``up_to`` (all when None): the model runs no further."""
+    layers = [layer for layer in tc.layers if up_to is None or layer <= up_to]
+    if not layers:
+        return {}
+    inputs = dictionary_inputs(model, tc, tokens, layers)
+    return {layer: encode(tc, layer, inputs[layer]).float() for layer in layers}
+
+
+def encode_active(tc: Transcoder, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`encode` (float32) and where its result is positive, ``[B, P, F]`` each, with one
+    comparison for the two when the nonlinearity is a threshold of no negative value (a NaN
+    pre-activation then counts as inactive, as the store always counted it)."""
+    thr = _threshold(tc, layer)
+    if thr is not None and bool((thr >= 0).all()):
+        pre = tc.pre_activations(layer, x).float()
+        active = pre > thr.float()
+        return pre.masked_fill_(~active, 0.0), active
+    acts = encode(tc, layer, x).float()
+    return acts, acts > 0
+
+
+def encode(tc: Transcoder, layer: int, x: Tensor) -> Tensor:
+    """``tc.encode(layer, x)``, with the threshold (JumpReLU, BatchTopK at inference) or ReLU applied in
+    place on the pre-activations (no second ``[B, P, F]`` tensor); the same values."""
+    pre = tc.pre_activations(layer, x)
+    if tc.cfg.activation == "relu":
+        return pre.relu_()
+    thr = _threshold(tc, layer)
+    if thr is not None:
+        return pre.masked_fill_(pre <= thr, 0.0)
+    return tc.activate(layer, pre)
+
+
+def _threshold(tc: Transcoder, layer: int) -> Tensor | None:
+    """Layer's per-feature threshold when the nonlinearity is one (JumpReLU, BatchTopK at inference),
+    else None."""
+    if tc.cfg.activation in ("jumprelu", "batchtopk") and tc.threshold is not None:
+        return tc.threshold[tc.slot(layer)]
+    return None
