@@ -144,7 +144,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---:|---:|---:|---|---|---|---|---|---|---:|---|---:|---|",
     ]
     tally = {"rows": 0, "named": 0, "wrong": 0, "cities": 0, "below": 0, "swapped": 0, "live": 0, "found": 0}
-    tally |= {"any": 0, "any_below": 0}
+    tally |= {"any": 0, "any_below": 0, "multi": 0, "multi_named": 0, "deep": 0}
     t0 = time.perf_counter()
 
     def length(city: str) -> int:
@@ -192,6 +192,12 @@ def main() -> None:
             out = f"{namer_claim.p_after:.3f}" if namer_claim else "(not in summary)"
             also = ("yes" if namer is best else f"yes: [{namer.name}]") + f" | {out} |"
         tally["named"] += named
+        low, high = best.layers(graph)
+        span = f"L{low}–{high}" if high > low else f"L{low}"
+        tally["deep"] += high > 0
+        if len(city_span) > 1:  # the city is several tokens
+            tally["multi"] += 1
+            tally["multi_named"] += named
         wrong = (
             [] if named else [s.name for s in US_STATES if s is not state and _names(best.name, s.name, city)]
         )
@@ -203,7 +209,7 @@ def main() -> None:
         p_out = f"{claim.p_after:.3f}" if claim else "(not in summary)"
         p_ctl = f"{claim.p_control:.3f}" if claim else ""
         lines.append(
-            f"| {city} | {state.name} | {kind} | [{best.name}] ({len(best.members)}) | {'yes' if named else ('no, ' + wrong[0] if wrong else 'no')} | {'yes' if region else 'no'} | "
+            f"| {city} | {state.name} | {kind} | [{best.name}] ({len(best.members)}, {span}) | {'yes' if named else ('no, ' + wrong[0] if wrong else 'no')} | {'yes' if region else 'no'} | "
             f"{float(graph.logit_probs[0]):.3f} {answer!r} | {p_out} | {p_ctl} | {'yes' if below else 'no'} | "
             f"{contrast_city} ({other.capital}) | {swap.top[0]!r} | {'yes' if swapped else 'no'} | {live} | "
             f"{len(at_city)} | {also} {'yes' if namer_below else 'no'} |"
@@ -216,7 +222,11 @@ def main() -> None:
         f"state's capital in {tally['swapped']}/{n} in the replacement model (errors frozen) and in "
         f"{tally['live']}/{n} through the model's own MLPs (errors live). Some specific supernode at the city "
         f"names the state in {tally['any']}/{n}, and taking that one out leaves the capital less likely than "
-        f"its matched random group in {tally['any_below']}/{n}."
+        f"its matched random group in {tally['any_below']}/{n}. The supernode at the city is made of layer-0 features "
+        f"only in {tally['found'] - tally['deep']}/{tally['found']} (and of layers 0 and 1 in the rest); "
+        f"{tally['multi']} of the cities are several tokens, and the name names the state for "
+        f"{tally['multi_named']} of those and {tally['named'] - tally['multi_named']} of the other "
+        f"{n - tally['multi']}."
     )
 
     # stability: the same graph twice, and neighbouring prune thresholds

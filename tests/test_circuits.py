@@ -379,3 +379,27 @@ def test_contexts_run_as_deep_as_asked_and_again_when_asked_deeper(organism):
         assert idx
         got = runner.members(c, [layer] * len(idx), idx)  # (P, k)
         assert torch.allclose(got, full[layer][0][:, idx])
+
+
+def test_the_influence_map_accounts_for_all_the_influence(dallas):
+    """examples/influence_map.py: every node's share lands in one cell, so the shares add up to 1, and
+    the counts are the graph's active and kept features at each position and layer."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "influence_map.py"
+    spec = importlib.util.spec_from_file_location("influence_map", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    graph, _, analysis, _ = dallas
+    shares = module.influence_shares(graph, analysis)
+    total = sum(map(sum, shares["features"])) + sum(map(sum, shares["errors"])) + sum(shares["tokens"])
+    assert total == pytest.approx(1.0, abs=1e-5)
+    assert sum(map(sum, shares["active"])) == graph.n_features
+    F = graph.n_features
+    assert sum(map(sum, shares["kept"])) == int(analysis.pruned.node_mask[:F].sum())
+    city = graph.token_strings.index(" Dallas")
+    layer0 = (graph.features[:, 0] == 0) & (graph.features[:, 1] == city)
+    assert shares["active"][city][0] == int(layer0.sum())
+    table = module.influence_map(graph, analysis)
+    assert len(table.splitlines()) == graph.n_pos + 2 and "' Dallas'" in table
