@@ -53,6 +53,26 @@ def test_cache_holds_every_layer(pair):
     assert "final" in cache.scales and f"{cfg.n_layers - 1}.ln2" in cache.scales
 
 
+@pytest.mark.parametrize("read", ["resid_mid", "mlp_in"])
+@pytest.mark.parametrize("write", [None, "mlp_out", "resid_delta"])
+def test_capture_reads_and_writes_what_the_full_pass_records(pair, read, write):
+    """clew.models.capture stops after the last layer asked for (and then skips that layer's MLP when
+    no output is wanted), yet reads and writes what a full recorded pass holds at every point."""
+    from clew.models.capture import capture
+
+    _, _, ours = pair
+    t = tokens()
+    layers = [0, ours.cfg.n_layers - 2]
+    with torch.no_grad():
+        cache = ours.run(t, record=True).cache
+        inputs, outputs = capture(ours, t, layers, read, write)
+    assert sorted(inputs) == layers and sorted(outputs) == ([] if write is None else layers)
+    for layer in layers:
+        torch.testing.assert_close(inputs[layer], cache.read(read, layer), rtol=1e-5, atol=1e-5)
+        if write is not None:
+            torch.testing.assert_close(outputs[layer], cache.written(write, layer), rtol=1e-5, atol=1e-5)
+
+
 def test_frozen_replay_reproduces_the_forward(pair):
     _, _, ours = pair
     t = tokens()

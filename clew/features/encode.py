@@ -12,27 +12,7 @@ from torch import Tensor
 
 from clew.dictionaries import Transcoder
 from clew.models import Transformer
-from clew.models.points import read_input
-
-
-class _Stop(Exception):
-    pass
-
-
-class _Reader:
-    """An MLP replacement that keeps what the dictionary reads at ``layers`` and stops after the last."""
-
-    def __init__(self, model: Transformer, tc: Transcoder, layers: list[int]):
-        self.model, self.tc, self.layers = model, tc, layers
-        self.write = tc.cfg.write
-        self.inputs: dict[int, Tensor] = {}
-
-    def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
-        if layer in self.layers:
-            self.inputs[layer] = read_input(self.tc.cfg.read, resid_mid, mlp_in)
-            if layer == self.layers[-1]:
-                raise _Stop
-        return self.model.mlp_branch(layer, mlp_in, self.write)
+from clew.models.capture import capture
 
 
 def dictionary_inputs(
@@ -40,12 +20,8 @@ def dictionary_inputs(
 ) -> dict[int, Tensor]:
     """layer -> ``[B, P, d]``: what the dictionary reads at each of its ``layers`` (all when None), on
     ``tokens`` ``[B, P]``; the model runs no further than the last of them."""
-    reader = _Reader(model, tc, list(tc.layers) if layers is None else layers)
-    try:
-        model.run(tokens, mlp=reader)
-    except _Stop:
-        pass
-    return reader.inputs
+    inputs, _ = capture(model, tokens, list(tc.layers) if layers is None else layers, tc.cfg.read)
+    return inputs
 
 
 @torch.inference_mode()

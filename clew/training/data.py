@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from clew.errors import ClewError
-from clew.models.points import read_input
+from clew.models.capture import capture
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -305,42 +305,15 @@ class ShardReader:
 # ----- activations ----------------------------------------------------------------------------------
 
 
-class _Stop(Exception):
-    """Raised inside the forward pass once the last layer needed has been recorded."""
-
-
-class _Capture:
-    """An MLP replacement that runs the model's own MLP and keeps the read-point input and the target."""
-
-    def __init__(self, model: Any, layers: list[int], read: str, write: str):
-        self.model, self.layers, self.read, self.write = model, set(layers), read, write
-        self.last = max(layers)
-        self.inputs: dict[int, Tensor] = {}
-        self.targets: dict[int, Tensor] = {}
-
-    def __call__(self, layer: int, resid_mid: Tensor, mlp_in: Tensor) -> Tensor:
-        out = self.model.mlp_branch(layer, mlp_in, self.write)
-        if layer in self.layers:
-            self.inputs[layer] = read_input(self.read, resid_mid, mlp_in)
-            self.targets[layer] = out
-            if layer == self.last:
-                raise _Stop
-        return out
-
-
 @torch.no_grad()
 def activations(
     model: Any, tokens: Tensor, layers: list[int], read: str, write: str
 ) -> tuple[Tensor, Tensor]:
     """Run ``model`` on ``tokens`` ``[B, P]`` up to the last of ``layers``; returns the read-point inputs
     and write-point targets, each ``[B, P, n, d]`` in float32 (``n = len(layers)``)."""
-    capture = _Capture(model, layers, read, write)
-    try:
-        model.run(tokens, mlp=capture)
-    except _Stop:
-        pass
-    x = torch.stack([capture.inputs[layer] for layer in layers], dim=2).float()
-    y = torch.stack([capture.targets[layer] for layer in layers], dim=2).float()
+    inputs, outputs = capture(model, tokens, layers, read, write)
+    x = torch.stack([inputs[layer] for layer in layers], dim=2).float()
+    y = torch.stack([outputs[layer] for layer in layers], dim=2).float()
     return x, y
 
 
