@@ -73,6 +73,36 @@ def test_batchtopk_is_jumprelu_with_a_threshold_else_topk():
     assert torch.equal(without.activate(2, pre), topk(pre, 2))
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"activation": "relu"},
+        {"activation": "jumprelu"},
+        {"activation": "topk", "k": 3},
+        {"activation": "batchtopk", "k": 2, "_threshold": True},
+        {"activation": "batchtopk", "k": 2},
+    ],
+)
+def test_encode_in_place_equals_the_nonlinearity_and_autograd_still_flows(fields):
+    """Outside autograd ``encode`` applies a threshold or ReLU in place; the values are those of
+    ``activate`` on the pre-activations, with and without grad, and gradients still reach the encoder."""
+    tc = random_transcoder(**dict(fields))
+    x = torch.randn(3, 5, D)
+    for layer in range(3):
+        want = tc.activate(layer, tc.pre_activations(layer, x))
+        with torch.no_grad():
+            assert torch.equal(tc.encode(layer, x), want)
+        got = tc.encode(layer, x)
+        assert torch.equal(got, want)
+        assert got.requires_grad
+        got.sum().backward()
+        assert tc.W_enc.grad is not None and tc.W_enc.grad[layer].abs().sum() > 0
+        tc.zero_grad()
+    threshold = tc.active_threshold(0)
+    kind = fields["activation"]
+    assert (threshold is not None) == (kind == "jumprelu" or "_threshold" in fields)
+
+
 def test_activation_names_of_other_tools():
     assert canonical_activation("jump_relu", "x") == "jumprelu"
     assert canonical_activation("JumpReLU", "x") == "jumprelu"

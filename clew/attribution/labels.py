@@ -25,12 +25,12 @@ def promoted_token_labels(
     device = model.embed.weight.device
     norm_w = model.ln_final.weight.float() + model.ln_final.offset  # (D,)
     unembed = model.unembed.weight.float()  # (V, D)
-    L = graph.n_layers
     for layer in graph.features[:, 0].unique().tolist():
         nodes = (graph.features[:, 0] == layer).nonzero().squeeze(1)
         idx = graph.features[nodes, 2].to(device)
-        dsts = range(layer, L) if transcoder.cfg.kind == "clt" else [layer]
-        write = sum(transcoder.decoder_vectors(layer, idx, dst).float() for dst in dsts)  # (n, D)
+        write = sum(
+            transcoder.decoder_vectors(layer, idx, dst).float() for dst in transcoder.dst_layers(layer)
+        )  # (n, D)
         logits = (write * norm_w) @ unembed.T  # (n, V)
         top = logits.topk(k, dim=-1).indices.tolist()
         for node, ids in zip(nodes.tolist(), top):

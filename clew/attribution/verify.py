@@ -87,8 +87,7 @@ def check_rows(
                 int(engine.feat_index[col]),
                 float(engine.feat_act[col]),
             )
-            dsts = range(src, L) if engine.cross_layer else [src]
-            for dst in dsts:
+            for dst in engine.tc.dst_layers(src):
                 write_extra[dst][b, p] += (
                     a * engine.tc.decoder_vectors(src, torch.tensor([i], device=dev), dst)[0].float()
                 )

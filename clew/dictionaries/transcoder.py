@@ -280,13 +280,23 @@ class Transcoder(nn.Module):
         i = self.slot(layer)
         return nn.functional.linear(x.to(self.dtype), self.W_enc[i], self.b_enc[i])
 
-    def activate(self, layer: int, pre: Tensor) -> Tensor:
-        """The nonlinearity of ``layer``: ``[..., F] -> [..., F]``."""
-        i = self.slot(layer)
+    def active_threshold(self, layer: int) -> Tensor | None:
+        """``[F]``: when the nonlinearity of ``layer`` is a per-feature threshold (JumpReLU, and BatchTopK
+        at inference, which keeps its learnt threshold), that threshold: a feature is active exactly
+        where its pre-activation exceeds it. ``None`` for ReLU and top-k."""
         kind = self.cfg.activation
         if kind == "jumprelu" or (kind == "batchtopk" and self.threshold is not None):
             assert self.threshold is not None
-            return act.jumprelu(pre, self.threshold[i])
+            return self.threshold[self.slot(layer)]
+        return None
+
+    def activate(self, layer: int, pre: Tensor) -> Tensor:
+        """The nonlinearity of ``layer``: ``[..., F] -> [..., F]``."""
+        self.slot(layer)
+        threshold = self.active_threshold(layer)
+        if threshold is not None:
+            return act.jumprelu(pre, threshold)
+        kind = self.cfg.activation
         if kind in ("topk", "batchtopk"):
             if self.cfg.k is None:
                 raise ClewError(f"{self.source}: activation {kind!r} without a threshold needs k")
@@ -294,8 +304,18 @@ class Transcoder(nn.Module):
         return act.relu(pre)
 
     def encode(self, layer: int, x: Tensor) -> Tensor:
-        """Feature activations of ``layer`` for inputs read there: ``[..., d] -> [..., F]``."""
-        return self.activate(layer, self.pre_activations(layer, x))
+        """Feature activations of ``layer`` for inputs read there: ``[..., d] -> [..., F]``. Outside
+        autograd a threshold or ReLU is applied in place on the pre-activations (the same values, no
+        second ``[..., F]`` tensor)."""
+        pre = self.pre_activations(layer, x)
+        if pre.requires_grad:
+            return self.activate(layer, pre)
+        threshold = self.active_threshold(layer)
+        if threshold is not None:
+            return pre.masked_fill_(pre <= threshold, 0.0)
+        if self.cfg.activation == "relu":
+            return pre.relu_()
+        return self.activate(layer, pre)
 
     def encoder_vectors(self, layer: int, idx: Tensor) -> Tensor:
         """``[len(idx), d]``: rows ``idx`` of ``W_enc[layer]``."""

@@ -1,8 +1,8 @@
 """A dictionary's encoders run on contexts: what it reads at its layers, and its features' activations.
 
 Only the encoders: the model runs up to the last layer the dictionary reads (or the last one asked
-for) and no further, and the decoders are never touched. The nonlinearity is applied in place on the
-pre-activations, so a layer holds one ``[B, P, F]`` tensor, not two.
+for) and no further, and the decoders are never touched. ``Transcoder.encode`` applies the
+nonlinearity in place on the pre-activations, so a layer holds one ``[B, P, F]`` tensor, not two.
 """
 
 from __future__ import annotations
@@ -34,37 +34,17 @@ def feature_activations(
     if not layers:
         return {}
     inputs = dictionary_inputs(model, tc, tokens, layers)
-    return {layer: encode(tc, layer, inputs[layer]).float() for layer in layers}
+    return {layer: tc.encode(layer, inputs[layer]).float() for layer in layers}
 
 
 def encode_active(tc: Transcoder, layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`encode` (float32) and where its result is positive, ``[B, P, F]`` each, with one
+    """``tc.encode`` (float32) and where its result is positive, ``[B, P, F]`` each, with one
     comparison for the two when the nonlinearity is a threshold of no negative value (a NaN
     pre-activation then counts as inactive, as the store always counted it)."""
-    thr = _threshold(tc, layer)
+    thr = tc.active_threshold(layer)
     if thr is not None and bool((thr >= 0).all()):
         pre = tc.pre_activations(layer, x).float()
         active = pre > thr.float()
         return pre.masked_fill_(~active, 0.0), active
-    acts = encode(tc, layer, x).float()
+    acts = tc.encode(layer, x).float()
     return acts, acts > 0
-
-
-def encode(tc: Transcoder, layer: int, x: Tensor) -> Tensor:
-    """``tc.encode(layer, x)``, with the threshold (JumpReLU, BatchTopK at inference) or ReLU applied in
-    place on the pre-activations (no second ``[B, P, F]`` tensor); the same values."""
-    pre = tc.pre_activations(layer, x)
-    if tc.cfg.activation == "relu":
-        return pre.relu_()
-    thr = _threshold(tc, layer)
-    if thr is not None:
-        return pre.masked_fill_(pre <= thr, 0.0)
-    return tc.activate(layer, pre)
-
-
-def _threshold(tc: Transcoder, layer: int) -> Tensor | None:
-    """Layer's per-feature threshold when the nonlinearity is one (JumpReLU, BatchTopK at inference),
-    else None."""
-    if tc.cfg.activation in ("jumprelu", "batchtopk") and tc.threshold is not None:
-        return tc.threshold[tc.slot(layer)]
-    return None

@@ -75,7 +75,6 @@ class LocalReplacement:
                 f"the dictionary is for d_model={tc_cfg.d_model}, {tc_cfg.n_layers} layers; "
                 f"the model has d_model={cfg.d_model}, {cfg.n_layers} layers"
             )
-        self.cross_layer = tc_cfg.kind == "clt"
         self.tokens = tokens
         with torch.no_grad():
             result = model.run(tokens, record=True, keep_patterns=keeps_patterns(cfg, tokens.shape[1]))
@@ -167,8 +166,7 @@ class LocalReplacement:
         feature_columns = torch.arange(self.n_features, device=self.device)
         for dst in range(L):
             vecs, cols, pos = [], [], []
-            src_layers = range(dst + 1) if self.cross_layer else [dst]
-            for src in src_layers:
+            for src in self.tc.src_layers(dst):
                 sel = self.feat_layer == src
                 if not sel.any():
                     continue
