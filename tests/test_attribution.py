@@ -222,3 +222,40 @@ def test_folded_attention_gives_the_graph_of_the_unfolded_one(models, family, mo
     assert torch.equal(folded.features, plain.features)
     scale = float(plain.adjacency.abs().max())
     assert scale > 0 and float((folded.adjacency - plain.adjacency).abs().max()) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+@pytest.mark.parametrize("kind", ["plt-jumprelu", "clt-jumprelu-resid"])
+def test_logit_weights_are_the_last_layers_edges_to_the_logits_up_to_the_norm_scales(models, family, kind):
+    """clew.replacement.logit_weights (what first labels and the feature store's logit effects read):
+    a last-layer feature at the last position reaches the logits by the residual stream alone, so its
+    graph edge per unit of activation is its logit weights times the unembedding, up to the frozen norm
+    scales, one factor shared by every such feature. Gemma's post-MLP norm weight must be in it: left
+    out, the edges no longer line up (for a dictionary that writes before that norm)."""
+    from clew.replacement.logit_weights import logit_weights
+
+    model = models[family]
+    tc = random_transcoder(model.cfg, kind, n_features=64)
+    tokens = torch.randint(0, 211, (9,), generator=torch.Generator().manual_seed(3))
+    graph = trace(model, tc, tokens, max_n_logits=3, desired_logit_prob=0.99, progress=False)
+    L, P = graph.n_layers, graph.n_pos
+    nodes = ((graph.features[:, 0] == L - 1) & (graph.features[:, 1] == P - 1)).nonzero().squeeze(1)
+    assert len(nodes) >= 3
+    unembed = model.unembed.weight.detach().float()
+    directions = unembed[graph.logit_tokens] - unembed.mean(0)  # (T, D): the graph's logit targets
+    rows = graph.adjacency[graph.n_features :, nodes].T.float()  # (n, T): feature -> logit edges
+    per_unit = rows / graph.activations[nodes, None].float()
+    idx = graph.features[nodes, 2]
+
+    def misfit(weights):
+        want = (weights @ directions.T).flatten()
+        got = per_unit.flatten()
+        c = (got @ want) / (want @ want)
+        return float((got - c * want).abs().max() / got.abs().max())
+
+    assert misfit(logit_weights(model, tc, L - 1, idx)) < 1e-4
+    post = model.blocks[L - 1].mlp_post
+    if post is not None and tc.cfg.write == "mlp_out":
+        with torch.no_grad():
+            without = logit_weights(model, tc, L - 1, idx) / (post.weight.float() + post.offset)
+        assert misfit(without) > 1e-2

@@ -1,7 +1,8 @@
 """Automatic first labels for feature nodes: the tokens each feature's output promotes.
 
-A feature's total write (its decoder rows summed over the layers it writes to) is read through the
-final norm's weight and the unembedding: the tokens whose logits it raises most directly. It is a
+A feature's total write (:func:`~clew.replacement.logit_weights.logit_weights`: its decoder rows summed
+over the layers it writes to, through the norms' weights) is read through the unembedding: the
+tokens whose logits it raises most directly. It is a
 first guess, a starting point for the researcher's own labels, not a description of the feature.
 """
 
@@ -12,6 +13,7 @@ import torch
 from clew.attribution.graph import Graph
 from clew.dictionaries import Transcoder
 from clew.models import Transformer
+from clew.replacement.logit_weights import logit_weights
 
 
 @torch.no_grad()
@@ -23,15 +25,11 @@ def promoted_token_labels(
     if graph.n_features == 0:
         return labels
     device = model.embed.weight.device
-    norm_w = model.ln_final.weight.float() + model.ln_final.offset  # (D,)
     unembed = model.unembed.weight.float()  # (V, D)
     for layer in graph.features[:, 0].unique().tolist():
         nodes = (graph.features[:, 0] == layer).nonzero().squeeze(1)
         idx = graph.features[nodes, 2].to(device)
-        write = sum(
-            transcoder.decoder_vectors(layer, idx, dst).float() for dst in transcoder.dst_layers(layer)
-        )  # (n, D)
-        logits = (write * norm_w) @ unembed.T  # (n, V)
+        logits = logit_weights(model, transcoder, layer, idx) @ unembed.T  # (n, V)
         top = logits.topk(k, dim=-1).indices.tolist()
         for node, ids in zip(nodes.tolist(), top):
             words = (

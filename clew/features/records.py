@@ -12,6 +12,7 @@ from clew.features.config import CollectConfig
 from clew.features.state import LayerState
 from clew.features.store import Example, FeatureRecord, rounded_logits
 from clew.models import Transformer
+from clew.replacement.logit_weights import logit_weights
 
 
 def feature_records(
@@ -70,22 +71,10 @@ def feature_records(
 def logit_effects(
     model: Transformer, tc: Transcoder, layer: int, k: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The direct effect on the logits of one unit of each feature of ``layer``: its decoder vectors
-    summed over every layer it writes to (for a CLT: all layers from its own to the last; the sum is
-    what reaches the final residual stream), each through that layer's post-MLP norm weight when the
-    dictionary writes before one, then the final norm's weight (its scale left out) and the
-    unembedding, centred over the vocabulary. Returns top values, top tokens, bottom values, bottom
-    tokens, each ``[F, k]``."""
-    dev = model.unembed.weight.device
-    total = None
-    for dst in tc.dst_layers(layer):
-        w = tc.decoder_weights(layer, dst).to(dev).float()  # [F, d]
-        post = model.blocks[dst].mlp_post
-        if post is not None and tc.cfg.write == "mlp_out":
-            w = w * (post.weight.float() + post.offset)
-        total = w if total is None else total + w
-    assert total is not None
-    total = total * (model.ln_final.weight.float() + model.ln_final.offset)
+    """The direct effect on the logits of one unit of each feature of ``layer``
+    (:func:`~clew.replacement.logit_weights.logit_weights` through the unembedding), centred over the
+    vocabulary. Returns top values, top tokens, bottom values, bottom tokens, each ``[F, k]``."""
+    total = logit_weights(model, tc, layer)  # [F, d]
     U = model.unembed.weight.float()  # [V, d]
     out: list[list[Tensor]] = [[], [], [], []]
     for i in range(0, total.shape[0], 256):
