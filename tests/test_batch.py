@@ -200,7 +200,7 @@ def test_unreachable_ray_address_is_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    from clew.batch.run import connect
+    from clew.batch.cluster import connect
 
     started = connect(ray, None, workers=2, cpus_per_worker=1.0)
     yield ray
