@@ -144,7 +144,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---:|---:|---:|---|---|---|---|---|---|---:|---|---:|---|",
     ]
     tally = {"rows": 0, "named": 0, "wrong": 0, "cities": 0, "below": 0, "swapped": 0, "live": 0, "found": 0}
-    tally |= {"any": 0, "any_below": 0, "multi": 0, "multi_named": 0, "deep": 0}
+    tally |= {"any": 0, "any_below": 0, "multi": 0, "multi_named": 0, "deep": 0, "deepest": 0}
     t0 = time.perf_counter()
 
     def length(city: str) -> int:
@@ -177,7 +177,6 @@ def main() -> None:
             continue
         tally["found"] += 1
         best = at_city[0]
-
         claim = claim_of(best, circuit, claims)
         named = _names(best.name, state.name, city)
         # any specific supernode at the city (most influential first) whose name names the state
@@ -195,6 +194,7 @@ def main() -> None:
         low, high = best.layers(graph)
         span = f"L{low}–{high}" if high > low else f"L{low}"
         tally["deep"] += high > 0
+        tally["deepest"] = max(tally["deepest"], high)
         if len(city_span) > 1:  # the city is several tokens
             tally["multi"] += 1
             tally["multi_named"] += named
@@ -215,6 +215,7 @@ def main() -> None:
             f"{len(at_city)} | {also} {'yes' if namer_below else 'no'} |"
         )
     n = tally["rows"]
+    deeper = f" (reaching layer {tally['deepest']} in the other {tally['deep']})" if tally["deep"] else ""
     summary = (
         f"\n{n} cities in {len({r[1].name for r in rows})} states ({time.perf_counter() - t0:.0f} s): a specific supernode at the city in "
         f"{tally['found']}/{n}; its name names the state in {tally['named']}/{n} (and another state in {tally['wrong']}/{n}); the tokens it fires on include another city of the state in {tally['cities']}/{n}; taking it out leaves the "
@@ -223,7 +224,7 @@ def main() -> None:
         f"{tally['live']}/{n} through the model's own MLPs (errors live). Some specific supernode at the city "
         f"names the state in {tally['any']}/{n}, and taking that one out leaves the capital less likely than "
         f"its matched random group in {tally['any_below']}/{n}. The supernode at the city is made of layer-0 features "
-        f"only in {tally['found'] - tally['deep']}/{tally['found']} (and of layers 0 and 1 in the rest); "
+        f"only in {tally['found'] - tally['deep']}/{tally['found']}{deeper}; "
         f"{tally['multi']} of the cities are several tokens, and the name names the state for "
         f"{tally['multi_named']} of those and {tally['named'] - tally['multi_named']} of the other "
         f"{n - tally['multi']}."
