@@ -225,7 +225,8 @@ def main() -> None:
         f"names the state in {tally['any']}/{n}, and taking that one out leaves the capital less likely than "
         f"its matched random group in {tally['any_below']}/{n}. The supernode at the city is made of layer-0 features "
         f"only in {tally['found'] - tally['deep']}/{tally['found']}{deeper}; "
-        f"{tally['multi']} of the cities are several tokens, and the name names the state for "
+        f"{tally['multi']} of the {n} cities {'is' if tally['multi'] == 1 else 'are'} several tokens, and "
+        f"the name names the state for "
         f"{tally['multi_named']} of those and {tally['named'] - tally['multi_named']} of the other "
         f"{n - tally['multi']}."
     )
