@@ -292,7 +292,7 @@ class Transcoder(nn.Module):
 
     def activate(self, layer: int, pre: Tensor) -> Tensor:
         """The nonlinearity of ``layer``: ``[..., F] -> [..., F]``."""
-        self.slot(layer)
+        self.slot(layer)  # a layer without a transcoder is an error here too, whatever the nonlinearity
         threshold = self.active_threshold(layer)
         if threshold is not None:
             return act.jumprelu(pre, threshold)
